@@ -1,0 +1,14 @@
+// The extension module vt_core._C. Each feature file exposes a register_*() function called here.
+#include <pybind11/pybind11.h>
+
+#include "common.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "vt_core native kernels (C++ CPU twins and, where built, CUDA kernels)";
+  m.def("built_with_cuda", []() { return vt::kBuiltWithCuda; },
+        "True when the CUDA sources were compiled into this module");
+  m.def("cuda_device_count", &vt::cuda_device_count,
+        "Number of visible CUDA devices (0 without a driver or GPU, or without a CUDA build)");
+}
