@@ -1,0 +1,126 @@
+"""Generation engine: greedy equality with transformers, preemption, n > 1, seeding, stops."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+import vt_core.model as vt_model
+from vt_core.generation import Engine, SamplingParams
+
+
+def _tiny(kind):
+    common = dict(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=True, **common)).eval()
+    return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **common)).eval()
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def pair(request, tmp_path_factory):
+    torch.manual_seed(0)
+    hf = _tiny(request.param)
+    path = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(path)
+    return hf, vt_model.load(path).eval()
+
+
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], list(range(9, 31)), [42]]
+
+
+def _hf_greedy(hf, prompt, new):
+    out = hf.generate(torch.tensor([prompt]), max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("cache_tokens, block_size", [(4096, 16), (48, 4)])
+def test_greedy_equals_transformers(pair, cache_tokens, block_size):
+    hf, model = pair
+    engine = Engine(model, max_tokens_in_cache=cache_tokens, block_size=block_size, eos_token_id=[])
+    out = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=16), n=2)
+    for prompt, group in zip(PROMPTS, out):
+        want = _hf_greedy(hf, prompt, 16)
+        assert [c.token_ids for c in group] == [want, want]
+        assert all(c.finish_reason == "length" and len(c.logprobs) == 16 for c in group)
+    if cache_tokens == 48:
+        assert engine.stats["preemptions"] > 0  # the small cache forced preemption and recompute
+    assert engine.cache.allocator.num_free == engine.num_blocks  # every block came back
+
+
+def test_raw_logprobs_match_a_full_forward(pair):
+    _, model = pair
+    engine = Engine(model, eos_token_id=[])
+    (group,) = engine.generate([PROMPTS[0]], SamplingParams(temperature=1.0, top_k=10, max_new_tokens=12, seed=1), n=3)
+    for c in group:
+        toks = PROMPTS[0] + c.token_ids
+        hidden = model(torch.tensor(toks), torch.arange(len(toks)), torch.tensor([0, len(toks)], dtype=torch.int32))
+        lp = torch.log_softmax(model.logits(hidden), -1)[len(PROMPTS[0]) - 1 : -1]
+        want = lp.gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
+        torch.testing.assert_close(torch.tensor(c.logprobs), want, rtol=0, atol=1e-5)
+        assert all(p >= r - 1e-6 for p, r in zip(c.processed_logprobs, c.logprobs))  # truncation only adds mass
+
+
+def test_seeded_sampling_ignores_batch_composition(pair):
+    _, model = pair
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=10, seed=1234)
+    alone = Engine(model, eos_token_id=[]).generate([PROMPTS[2]], params, n=2)[0]
+    others = SamplingParams(temperature=1.0, max_new_tokens=7, seed=5)
+    mixed = Engine(model, max_tokens_in_cache=64, block_size=4, eos_token_id=[]).generate(
+        [PROMPTS[0], PROMPTS[2], PROMPTS[1]], [others, params, others], n=2)[1]
+    assert [c.token_ids for c in alone] == [c.token_ids for c in mixed]
+    assert alone[0].token_ids != alone[1].token_ids  # the two samples use different streams
+
+
+class _CharTokenizer:
+    eos_token_id = None
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(ord("a") + i % 26) for i in ids)
+
+
+def test_stop_ids_stop_strings_and_max_new_tokens(pair):
+    _, model = pair
+    engine = Engine(model, tokenizer=_CharTokenizer(), eos_token_id=[])
+    free = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=12))[0][0].token_ids
+    stop_tok = free[5]
+    first = free.index(stop_tok)
+    c = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=12, stop_token_ids=(stop_tok,)))[0][0]
+    assert c.token_ids == free[: first + 1] and c.finish_reason == "stop"
+    text = _CharTokenizer().decode(free)
+    stop = text[6:8]
+    c = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=12, stop=(stop,)))[0][0]
+    end = text.index(stop) + len(stop)
+    assert c.token_ids == free[:end] and c.finish_reason == "stop" and c.text == text[:end]
+    c = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=3))[0][0]
+    assert c.token_ids == free[:3] and c.finish_reason == "length"
+    eos_engine = Engine(model, eos_token_id=stop_tok)
+    c = eos_engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=12))[0][0]
+    assert c.token_ids == free[: first + 1] and c.finish_reason == "stop"
+    c = eos_engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=12, ignore_eos=True))[0][0]
+    assert c.token_ids == free
+
+
+def test_bad_requests_are_named(pair):
+    _, model = pair
+    engine = Engine(model, max_tokens_in_cache=32, eos_token_id=[])
+    short = SamplingParams(max_new_tokens=4)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        engine.generate([[1], []], short)
+    with pytest.raises(ValueError, match="outside"):
+        engine.generate([[1, 5000]], short)
+    with pytest.raises(ValueError, match="exceeds the KV cache"):
+        engine.generate([[1, 2]], SamplingParams(max_new_tokens=40))
+    with pytest.raises(ValueError, match="stop strings need"):
+        engine.generate([[1, 2]], SamplingParams(max_new_tokens=4, stop=("x",)))
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0.0)
+
+
+def test_cache_is_freed_and_reallocated(pair):
+    _, model = pair
+    engine = Engine(model, max_tokens_in_cache=64, eos_token_id=[])
+    a = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=4))
+    engine.free_cache()
+    assert engine.cache is None
+    b = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=4))
+    assert a[0][0].token_ids == b[0][0].token_ids

@@ -1,0 +1,6 @@
+"""In-process generation engine (paged KV cache, continuous batching, seeded fused sampling)."""
+
+from vt_core.generation.engine import Engine, derive_seed
+from vt_core.generation.params import Completion, SamplingParams
+
+__all__ = ["Engine", "SamplingParams", "Completion", "derive_seed"]

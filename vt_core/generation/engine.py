@@ -1,0 +1,317 @@
+"""In-process generation: continuous batching over a paged KV cache, with the trainer's own model.
+
+``Engine(model, tokenizer=None, max_tokens_in_cache=... | kv_budget_bytes=...)`` then
+``engine.generate(prompts, SamplingParams(...), n=G)`` returns, per prompt, G :class:`Completion`s.
+
+How a step works: waiting prompts are admitted in FIFO order while the cache has blocks for them and
+the prefill token budget allows; admitted prompts are prefilled together as one packed batch (the
+model's forward with an attention hook that writes K/V into the cache and runs ``packed_attention``);
+the last prompt position is sampled n times and the n samples share the prompt's full blocks (each gets
+its own copy of a partly filled last block). Then every running sample decodes one token
+(``paged_decode_attention`` over its blocks). Finished samples leave at once and free their blocks;
+when a running sample needs a block and none is free, the most recently admitted sample is preempted
+(its blocks freed) and later resumes by recomputing its K/V. The engine holds a reference to the model,
+so after an optimizer step it generates with the new weights without a copy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import torch
+
+from vt_core.generation.cache import KVCache
+from vt_core.generation.params import Completion, SamplingParams
+from vt_core.kernels import packed_attention
+from vt_core.kernels.attention.paged import paged_decode_attention, write_kv_cache
+from vt_core.kernels import sample
+
+_MASK64 = (1 << 64) - 1
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """Seed of sample ``index`` of a request seeded with ``seed`` (splitmix64 of the pair), 63 bits."""
+    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) & ((1 << 63) - 1)
+
+
+class _Seq:
+    """One sample in flight."""
+
+    def __init__(self, req: int, prompt: list[int], params: SamplingParams, seed: int, stop_ids: frozenset,
+                 out: Completion):
+        self.req = req
+        self.prompt = prompt
+        self.params = params
+        self.seed = seed
+        self.stop_ids = stop_ids
+        self.out = out
+        self.blocks: list[int] = []
+        self.order = 0  # admission order, for picking what to preempt
+
+    def __len__(self) -> int:
+        return len(self.prompt) + len(self.out.token_ids)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.out.token_ids
+
+
+class Engine:
+    """Generation engine over a :class:`vt_core.model.CausalLM` (see the module docstring).
+
+    model: the causal LM (its parameters are used in place; call under no FSDP sharding, or after
+    gathering full parameters). tokenizer: optional, needed for stop strings and ``Completion.text``.
+    max_tokens_in_cache / kv_budget_bytes: cache size (one of them; default 65,536 tokens).
+    block_size: tokens per cache block. max_prefill_tokens: token budget of one prefill batch.
+    max_batch_size: most samples decoding at once. eos_token_id: defaults to the tokenizer's, else the config's.
+    """
+
+    def __init__(self, model, tokenizer=None, *, max_tokens_in_cache: int | None = None,
+                 kv_budget_bytes: int | None = None, block_size: int = 16, max_prefill_tokens: int = 8192,
+                 max_batch_size: int = 256, eos_token_id: int | list[int] | None = None):
+        if max_tokens_in_cache is not None and kv_budget_bytes is not None:
+            raise ValueError("Engine: give max_tokens_in_cache or kv_budget_bytes, not both")
+        cfg = model.config
+        if any(w is not None for w in cfg.sliding_windows):
+            raise ValueError("Engine: sliding-window layers are not supported by the paged decode path")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.max_prefill_tokens = max_prefill_tokens
+        self.max_batch_size = max_batch_size
+        param = model.lm_head_weight
+        self.dtype, self.device = param.dtype, param.device
+        dims = (cfg.num_hidden_layers, block_size, cfg.num_key_value_heads, cfg.head_dim)
+        if kv_budget_bytes is not None:
+            self.num_blocks = KVCache.blocks_for_budget(kv_budget_bytes, *dims, self.dtype)
+        else:
+            self.num_blocks = KVCache.blocks_for_tokens(max_tokens_in_cache or 65536, block_size)
+        if self.num_blocks < 1:
+            raise ValueError("Engine: the KV cache budget is smaller than one block")
+        if eos_token_id is None:
+            eos_token_id = getattr(tokenizer, "eos_token_id", None)
+        if eos_token_id is None:
+            eos_token_id = cfg.hf_config.get("eos_token_id")
+        eos = [] if eos_token_id is None else (eos_token_id if isinstance(eos_token_id, list) else [eos_token_id])
+        self.eos_ids = frozenset(int(e) for e in eos)
+        self.cache: KVCache | None = None
+        self._order = 0
+        self.stats = {"preemptions": 0, "prefill_tokens": 0, "decode_steps": 0}
+
+    # -- cache lifetime -------------------------------------------------------------------------
+    def allocate_cache(self) -> KVCache:
+        """Allocate the KV cache now (``generate`` does it on first use)."""
+        if self.cache is None:
+            cfg = self.model.config
+            self.cache = KVCache(cfg.num_hidden_layers, self.num_blocks, self.block_size, cfg.num_key_value_heads,
+                                 cfg.head_dim, self.dtype, self.device)
+        return self.cache
+
+    def free_cache(self) -> None:
+        """Release the KV cache memory (e.g. before a training phase); the next generate re-allocates it."""
+        self.cache = None
+
+    # -- public entry ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
+                 n: int = 1) -> list[list[Completion]]:
+        """Generate n completions for each prompt (token id lists). Returns one list of n per prompt."""
+        params = params if params is not None else SamplingParams()
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise ValueError(f"generate: {len(plist)} SamplingParams for {len(prompts)} prompts")
+        if n < 1:
+            raise ValueError(f"generate: n must be >= 1, got {n}")
+        cache = self.allocate_cache()
+        vocab = self.model.config.vocab_size
+        for i, (prompt, p) in enumerate(zip(prompts, plist)):
+            if len(prompt) == 0:
+                raise ValueError(f"generate: prompt {i} is empty")
+            if min(prompt) < 0 or max(prompt) >= vocab:
+                raise ValueError(f"generate: prompt {i} has token ids outside [0, {vocab})")
+            if len(prompt) + p.max_new_tokens > cache.capacity_tokens:
+                raise ValueError(f"generate: prompt {i} ({len(prompt)} tokens) + max_new_tokens {p.max_new_tokens} "
+                                 f"exceeds the KV cache ({cache.capacity_tokens} tokens)")
+            if p.stop and self.tokenizer is None:
+                raise ValueError("generate: stop strings need an Engine with a tokenizer")
+        results = [[Completion() for _ in range(n)] for _ in prompts]
+        waiting: deque = deque(("prompt", i) for i in range(len(prompts)))
+        running: list[_Seq] = []
+        while waiting or running:
+            self._admit(waiting, running, prompts, plist, n, results)
+            if running:
+                self._decode(running, waiting)
+        if self.tokenizer is not None:
+            for group in results:
+                for c in group:
+                    c.text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+        return results
+
+    # -- scheduling -----------------------------------------------------------------------------
+    def _blocks_needed(self, length: int, copies: int) -> int:
+        full, partial = divmod(length, self.block_size)
+        return full + (copies if partial else 0)
+
+    def _admit(self, waiting, running, prompts, plist, n, results) -> None:
+        cache = self.cache
+        batch, budget, free = [], self.max_prefill_tokens, cache.allocator.num_free
+        slots_left = self.max_batch_size - len(running)
+        while waiting:
+            kind, item = waiting[0]
+            length = len(prompts[item]) if kind == "prompt" else len(item) - 1
+            blocks = self._blocks_needed(length, n if kind == "prompt" else 1)
+            samples = n if kind == "prompt" else 1
+            if batch and (length > budget or samples > slots_left):
+                break
+            if blocks > free or (samples > slots_left and running):
+                break
+            waiting.popleft()
+            batch.append((kind, item, length))
+            budget -= length
+            free -= blocks
+            slots_left -= samples
+        if batch:
+            self._prefill(batch, running, prompts, plist, n, results)
+
+    def _prefill(self, batch, running, prompts, plist, n, results) -> None:
+        cache, bs = self.cache, self.block_size
+        ids, pos, slots, lens, owners = [], [], [], [], []
+        for kind, item, length in batch:
+            tokens = prompts[item] if kind == "prompt" else item.tokens[:-1]
+            blocks = [cache.allocator.allocate() for _ in range(math.ceil(length / bs))]
+            owners.append(blocks)
+            ids.extend(tokens)
+            pos.extend(range(length))
+            slots.extend(cache.slots(blocks, 0, length))
+            lens.append(length)
+        dev = self.device
+        cu = torch.tensor([0] + lens, dtype=torch.int64).cumsum(0).to(torch.int32).to(dev)
+        slot_t = torch.tensor(slots, dtype=torch.int64, device=dev)
+        layers = self.model.model.layers
+
+        def attention(i, q, k, v):
+            write_kv_cache(k, v, cache.k[i], cache.v[i], slot_t)
+            attn = layers[i].self_attn
+            return packed_attention(q, k, v, cu, max(lens), causal=True, softmax_scale=attn.scale, window=attn.window)
+
+        hidden = self.model(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), cu, max(lens), attention)
+        self.stats["prefill_tokens"] += len(ids)
+        last = cu[1:].long() - 1
+        new: list[_Seq] = []
+        rows: list[int] = []
+        for b, ((kind, item, length), blocks) in enumerate(zip(batch, owners)):
+            if kind == "resume":
+                item.blocks = blocks
+                self._order += 1
+                item.order = self._order
+                running.append(item)
+                continue
+            p = plist[item]
+            base = p.seed if p.seed is not None else int(torch.randint(0, 2**62, ()).item())
+            stop_ids = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else self.eos_ids)
+            for j in range(n):
+                seq = _Seq(item, prompts[item], p, derive_seed(base, j), stop_ids, results[item][j])
+                if j == 0:
+                    seq.blocks = blocks
+                else:
+                    seq.blocks = list(blocks)
+                    for blk in blocks[: length // bs]:
+                        cache.allocator.share(blk)
+                    if length % bs:
+                        copy = cache.allocator.allocate()
+                        cache.copy_block(blocks[-1], copy)
+                        seq.blocks[-1] = copy
+                self._order += 1
+                seq.order = self._order
+                new.append(seq)
+                rows.append(b)
+        if new:
+            logits = self.model.logits(hidden[last[torch.tensor(rows, device=dev)]])
+            self._sample_and_append(new, logits, running)
+
+    def _decode(self, running: list[_Seq], waiting: deque) -> None:
+        cache, bs = self.cache, self.block_size
+        for seq in sorted(running, key=lambda s: s.order):
+            if seq not in running:
+                continue  # preempted while making room for an earlier one
+            if (len(seq) - 1) // bs < len(seq.blocks):
+                continue
+            while cache.allocator.num_free == 0:
+                victim = max(running, key=lambda s: s.order)
+                self._preempt(victim, running, waiting)
+                if victim is seq:
+                    break
+            if seq in running:
+                seq.blocks.append(cache.allocator.allocate())
+        if not running:
+            return
+        dev = self.device
+        width = max(len(s.blocks) for s in running)
+        table = torch.zeros(len(running), width, dtype=torch.int32)
+        for r, s in enumerate(running):
+            table[r, : len(s.blocks)] = torch.tensor(s.blocks, dtype=torch.int32)
+        table = table.to(dev)
+        positions = [len(s) - 1 for s in running]
+        slot_t = torch.tensor([s.blocks[p // bs] * bs + p % bs for s, p in zip(running, positions)], device=dev)
+        ctx = torch.tensor([len(s) for s in running], dtype=torch.int32, device=dev)
+        layers = self.model.model.layers
+
+        def attention(i, q, k, v):
+            write_kv_cache(k, v, cache.k[i], cache.v[i], slot_t)
+            return paged_decode_attention(q, cache.k[i], cache.v[i], table, ctx, softmax_scale=layers[i].self_attn.scale)
+
+        ids = torch.tensor([s.out.token_ids[-1] for s in running], device=dev)
+        hidden = self.model(ids, torch.tensor(positions, device=dev), None, None, attention)
+        self.stats["decode_steps"] += 1
+        batch = list(running)
+        running.clear()
+        self._sample_and_append(batch, self.model.logits(hidden), running)
+
+    def _preempt(self, seq: _Seq, running: list[_Seq], waiting: deque) -> None:
+        running.remove(seq)
+        self.cache.allocator.release(seq.blocks)
+        seq.blocks = []
+        waiting.appendleft(("resume", seq))
+        self.stats["preemptions"] += 1
+
+    # -- sampling -------------------------------------------------------------------------------
+    def _sample_and_append(self, seqs: list[_Seq], logits: torch.Tensor, running: list[_Seq]) -> None:
+        dev = logits.device
+        ps = [s.params for s in seqs]
+        tokens, raw, proc = sample(
+            logits,
+            temperature=torch.tensor([p.temperature for p in ps], device=dev),
+            top_k=torch.tensor([p.top_k for p in ps], device=dev),
+            top_p=torch.tensor([p.top_p for p in ps], device=dev),
+            min_p=torch.tensor([p.min_p for p in ps], device=dev),
+            seeds=torch.tensor([s.seed for s in seqs], device=dev),
+            offsets=torch.tensor([len(s.out.token_ids) for s in seqs], device=dev),
+        )
+        for s, t, lr, lp in zip(seqs, tokens.tolist(), raw.tolist(), proc.tolist()):
+            s.out.token_ids.append(t)
+            s.out.logprobs.append(lr)
+            s.out.processed_logprobs.append(lp)
+            reason = self._finish_reason(s, t)
+            if reason is None:
+                running.append(s)
+            else:
+                s.out.finish_reason = reason
+                self.cache.allocator.release(s.blocks)
+                s.blocks = []
+
+    def _finish_reason(self, seq: _Seq, token: int) -> str | None:
+        if token in seq.stop_ids:
+            return "stop"
+        stops = seq.params.stop
+        if stops:
+            tail = 2 * max(len(x) for x in stops) + 8
+            text = self.tokenizer.decode(seq.out.token_ids[-tail:], skip_special_tokens=False)
+            if any(x in text for x in stops):
+                return "stop"
+        if len(seq.out.token_ids) >= seq.params.max_new_tokens:
+            return "length"
+        return None
