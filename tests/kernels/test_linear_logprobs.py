@@ -1,0 +1,160 @@
+"""linear_logprobs / linear_token_stats against a float64 naive reference that builds the logits.
+
+Triton runs in the interpreter (TRITON_INTERPRET=1 from tests/conftest.py) on CPU tensors; the torch path
+runs with small chunks so token and vocabulary chunking are both exercised.
+"""
+
+import importlib
+
+import pytest
+import torch
+
+from vt_core.kernels import linear_logprobs, linear_logprobs_reference, linear_token_stats
+
+lp = importlib.import_module("vt_core.kernels.linear_logprobs")  # the module (the package re-exports the function)
+T, D, V = 67, 48, 1031
+
+
+@pytest.fixture
+def small_torch_chunks(monkeypatch):
+    monkeypatch.setattr(lp, "_TORCH_TOKEN_CHUNK", 16)
+    monkeypatch.setattr(lp, "_TORCH_VOCAB_CHUNK", 300)
+
+
+def make_inputs(dtype, t=T, d=D, v=V, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(t, d, generator=g).to(device, dtype).requires_grad_()
+    weight = (torch.randn(v, d, generator=g) * 0.4).to(device, dtype).requires_grad_()
+    targets = torch.randint(0, v, (t,), generator=g).to(device)
+    return hidden, weight, targets
+
+
+def naive_stats(hidden, weight, targets, temperature, dtype=torch.float64):
+    """(target_logit, lse, entropy, logit_sum) from full logits; differentiable leaves returned too."""
+    h = hidden.detach().to(dtype).requires_grad_()
+    w = weight.detach().to(dtype).requires_grad_()
+    z = (h @ w.T).to(torch.float64) / temperature
+    lse = z.logsumexp(1)
+    logp_all = z - lse[:, None]
+    ent = -(logp_all.exp() * logp_all).sum(1)
+    tgt = torch.where(targets >= 0, z.gather(1, targets.clamp(min=0)[:, None])[:, 0], 0.0)
+    return (tgt, lse, ent, z.sum(1)), h, w
+
+
+def close(actual, expected, tol):
+    """Max abs error at most tol, scaled by the largest |expected| when that exceeds 1."""
+    err = (actual.double() - expected.double()).abs().max().item()
+    bound = tol * max(1.0, expected.double().abs().max().item())
+    assert err <= bound, f"max abs error {err:.3e} > {bound:.3e}"
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_stats_and_grads_fp32(backend, monkeypatch, small_torch_chunks):
+    monkeypatch.setenv("VT_BACKEND", backend)
+    hidden, weight, targets = make_inputs(torch.float32)
+    targets[5] = -1
+    temperature = 0.7
+    stats = linear_token_stats(hidden, weight, targets, temperature, entropy=True, logit_sum=True)
+    ref, h64, w64 = naive_stats(hidden, weight, targets, temperature)
+    ups = [torch.randn(T) for _ in range(4)]
+    for got, want in zip(stats, ref):
+        assert got.dtype == torch.float32 and got.shape == (T,)
+        close(got, want, 1e-4)
+    sum((s * u).sum() for s, u in zip(stats, ups)).backward()
+    sum((r * u.double()).sum() for r, u in zip(ref, ups)).backward()
+    close(hidden.grad, h64.grad, 1e-4)
+    close(weight.grad, w64.grad, 1e-4)
+
+
+@pytest.mark.parametrize(
+    "backend,dtype,device,shape",
+    [
+        ("torch", torch.float16, "cpu", (T, D, V)),
+        ("triton", torch.float16, "cpu", (T, D, V)),
+        pytest.param("triton", torch.bfloat16, "cuda", (4099, 256, 32003), marks=pytest.mark.gpu),
+    ],
+)
+def test_logprobs_half_within_twice_torch_error(backend, dtype, device, shape, monkeypatch):
+    """fp16 (CPU) / bf16 (GPU): error against float64 at most 2x what plain torch (half logits) gets."""
+    monkeypatch.setenv("VT_BACKEND", backend)
+    n = shape[0]
+    hidden, weight, targets = make_inputs(dtype, *shape, seed=1, device=device)
+    temperature = 1.3
+    logp, ent = linear_logprobs(hidden, weight, targets, temperature, return_entropy=True)
+    g_lp, g_ent = torch.randn(n, device=device), torch.randn(n, device=device)
+    ((logp * g_lp).sum() + (ent * g_ent).sum()).backward()
+
+    (tgt, lse, ref_ent, _), h64, w64 = naive_stats(hidden, weight, targets, temperature)
+    ((tgt - lse) * g_lp.double() + ref_ent * g_ent.double()).sum().backward()
+
+    h16 = hidden.detach().clone().requires_grad_()
+    w16 = weight.detach().clone().requires_grad_()
+    z16 = (h16 @ w16.T).float() / temperature
+    lp16 = torch.log_softmax(z16, 1)
+    t_logp = lp16.gather(1, targets[:, None])[:, 0]
+    t_ent = -(lp16.exp() * lp16).sum(1)
+    ((t_logp * g_lp).sum() + (t_ent * g_ent).sum()).backward()
+
+    for ours, torch16, exact in ((logp, t_logp, tgt - lse), (ent, t_ent, ref_ent),
+                                 (hidden.grad, h16.grad, h64.grad), (weight.grad, w16.grad, w64.grad)):
+        torch_err = (torch16.double() - exact).abs().max().item()
+        err = (ours.double() - exact).abs().max().item()
+        assert err <= 2 * torch_err + 1e-6, f"error {err:.3e} vs torch's own {torch_err:.3e}"
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_no_grad_path_and_grads_without_entropy(backend, monkeypatch, small_torch_chunks):
+    monkeypatch.setenv("VT_BACKEND", backend)
+    hidden, weight, targets = make_inputs(torch.float32, t=19, d=24, v=517, seed=2)
+    weight.requires_grad_(False)
+    with torch.no_grad():
+        scored = linear_logprobs(hidden, weight, targets)
+    logp = linear_logprobs(hidden, weight, targets)
+    assert torch.equal(scored, logp.detach())
+    up = torch.randn(19)
+    (logp * up).sum().backward()
+    assert weight.grad is None
+    (tgt, lse, _, _), h64, _ = naive_stats(hidden, weight, targets, 1.0)
+    ((tgt - lse) * up.double()).sum().backward()
+    close(logp, tgt - lse, 1e-4)
+    close(hidden.grad, h64.grad, 1e-4)
+
+
+def test_reference_at_qwen_vocab_against_naive():
+    """The chunked torch reference at V = 151936 (many vocab chunks) against full float64 logits."""
+    hidden, weight, targets = make_inputs(torch.float32, t=8, d=16, v=151936, seed=3)
+    targets[0] = 151935
+    logp, ent = linear_logprobs_reference(hidden, weight, targets, 0.9, return_entropy=True)
+    up_lp, up_ent = torch.randn(8), torch.randn(8)
+    ((logp * up_lp).sum() + (ent * up_ent).sum()).backward()
+    (tgt, lse, ref_ent, _), h64, w64 = naive_stats(hidden, weight, targets, 0.9)
+    ((tgt - lse) * up_lp.double() + ref_ent * up_ent.double()).sum().backward()
+    close(logp, tgt - lse, 1e-4)
+    close(ent, ref_ent, 1e-4)
+    close(hidden.grad, h64.grad, 1e-4)
+    close(weight.grad, w64.grad, 1e-5)
+
+
+def test_backends_agree_and_single_token():
+    hidden, weight, targets = make_inputs(torch.float32, t=1, d=16, v=70, seed=4)
+    a = linear_logprobs(hidden, weight, targets, backend="torch")
+    b = linear_logprobs(hidden, weight, targets, backend="triton")
+    close(a, b, 1e-5)
+
+
+def test_argument_checks():
+    hidden, weight, targets = make_inputs(torch.float32, t=5, d=8, v=11)
+    with pytest.raises(ValueError, match="hidden"):
+        linear_logprobs(hidden[None], weight, targets)
+    with pytest.raises(ValueError, match="weight"):
+        linear_logprobs(hidden, weight[:, :4], targets)
+    with pytest.raises(ValueError, match="targets"):
+        linear_logprobs(hidden, weight, targets[:3])
+    with pytest.raises(ValueError, match="targets must be < V"):
+        linear_logprobs(hidden, weight, torch.full((5,), 11))
+    with pytest.raises(ValueError, match="targets must be >= 0"):
+        linear_logprobs(hidden, weight, torch.full((5,), -1))
+    with pytest.raises(ValueError, match="temperature"):
+        linear_logprobs(hidden, weight, targets, temperature=0.0)
+    with pytest.raises(ValueError, match="dtype"):
+        linear_logprobs(hidden, weight.detach().double(), targets)

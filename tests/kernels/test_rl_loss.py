@@ -1,0 +1,215 @@
+"""linear_rl_loss against a hand-written per-token, per-sequence loop on float64 naive logits.
+
+The packed batch has sequences of length 1, a fully masked sequence, masked tokens inside sequences and
+NaN old/ref/rollout logprobs at masked positions (they must not leak into the loss or its gradient).
+"""
+
+import math
+
+import pytest
+import torch
+
+from vt_core.kernels import RLLossConfig, expand_to_tokens, linear_rl_loss
+
+D, V = 48, 1031
+LENGTHS = [9, 1, 14, 7, 1, 20, 15]  # T = 67; sequence 3 is fully masked, sequences 1 and 4 have one token
+T = sum(LENGTHS)
+
+
+def make_batch(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(T, D, generator=g).to(dtype).requires_grad_()
+    weight = (torch.randn(V, D, generator=g) * 0.4).to(dtype).requires_grad_()
+    targets = torch.randint(0, V, (T,), generator=g)
+    cu = torch.tensor([0] + LENGTHS).cumsum(0).to(torch.int32)
+    mask = torch.rand(T, generator=g) < 0.8
+    mask[cu[3]:cu[4]] = False
+    mask[cu[1]] = True
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0, 1.0])
+    adv = expand_to_tokens(signs * (0.3 + torch.rand(len(LENGTHS), generator=g)), cu)
+    return hidden, weight, targets, cu, mask, adv, g
+
+
+def side_logprobs(logp, mask, g):
+    """old / ref / rollout logprobs near the current ones (ratios on both sides of the clip), NaN off-mask."""
+    out = []
+    for scale in (0.6, 0.4, 0.2):
+        x = logp.detach().float() + scale * torch.randn(T, generator=g)
+        out.append(torch.where(mask, x, torch.nan))
+    out[2] = torch.where(mask, out[0] + 0.2 * torch.randn(T, generator=g), torch.nan)
+    return out
+
+
+def naive_logp_entropy(hidden, weight, targets, temperature):
+    h = hidden.detach().double().requires_grad_()
+    w = weight.detach().double().requires_grad_()
+    logp_all = torch.log_softmax(h @ w.T / temperature, 1)
+    logp = logp_all.gather(1, targets[:, None])[:, 0]
+    ent = -(logp_all.exp() * logp_all).sum(1)
+    return logp, ent, h, w
+
+
+def hand_loss(logp, ent, adv, mask, old, ref, rollout, c):
+    """The documented per-token formula, one sequence and one token at a time."""
+    cu = [0]
+    for n in LENGTHS:
+        cu.append(cu[-1] + n)
+    tok_loss, seq_losses, seq_counts, stats = {}, [], [], {k: [] for k in ("low", "high", "ratio", "kl", "diff")}
+    for i in range(len(LENGTHS)):
+        toks = [t for t in range(cu[i], cu[i + 1]) if mask[t]]
+        base = {t: (old[t].double() if old is not None else logp[t].detach()) for t in toks}
+        seq_lr = sum(logp[t].detach() - base[t] for t in toks) / max(len(toks), 1)
+        seq_is = sum(base[t] - rollout[t].double() for t in toks) if rollout is not None else None
+        losses = []
+        for t in toks:
+            a = float(adv[t])
+            if c.ratio_level == "token":
+                lr = logp[t] - base[t]
+            else:
+                lr = logp[t] - logp[t].detach() + seq_lr
+            r = torch.exp(lr)
+            pg = torch.maximum(-a * r, -a * r.clamp(1 - c.eps_low, 1 + c.eps_high))
+            if c.dual_clip_c is not None and a < 0:
+                pg = torch.minimum(pg, torch.tensor(-a * c.dual_clip_c, dtype=torch.float64))
+            if c.tis_mode is not None:
+                lw = float(base[t] - rollout[t].double()) if c.tis_mode == "token" else float(seq_is)
+                w = math.exp(lw)
+                w = min(w, c.tis_cap) if c.tis_action == "truncate" else (0.0 if w > c.tis_cap else w)
+                pg = pg * w
+            loss = pg
+            if ref is not None:
+                d = ref[t].double() - logp[t]
+                kl = {"k1": -d, "k2": 0.5 * d * d, "k3": torch.exp(d) - d - 1}[c.kl_estimator]
+                stats["kl"].append(float(kl))
+                loss = loss + c.beta * kl
+            loss = loss - c.entropy_coef * ent[t]
+            losses.append(loss)
+            stats["low"].append(float(r < 1 - c.eps_low and a < 0))
+            stats["high"].append(float(r > 1 + c.eps_high and a > 0))
+            stats["ratio"].append(float(r))
+            if rollout is not None:
+                stats["diff"].append(abs(float(logp[t]) - float(rollout[t])))
+        if toks:
+            seq_losses.append(sum(losses))
+            seq_counts.append(len(toks))
+    total, n_tok = sum(seq_losses), sum(seq_counts)
+    if c.aggregation == "token_mean":
+        loss = total / n_tok
+    elif c.aggregation == "seq_mean_token_mean":
+        loss = sum(s / n for s, n in zip(seq_losses, seq_counts)) / len(seq_losses)
+    elif c.aggregation == "seq_mean_token_sum":
+        loss = total / len(seq_losses)
+    else:
+        loss = total / c.max_tokens
+    metrics = {
+        "clip_frac_low": sum(stats["low"]) / n_tok,
+        "clip_frac_high": sum(stats["high"]) / n_tok,
+        "ratio_mean": sum(stats["ratio"]) / n_tok,
+        "entropy_mean": float(sum(ent[t] for t in range(T) if mask[t])) / n_tok,
+    }
+    if ref is not None:
+        metrics["kl_mean"] = sum(stats["kl"]) / n_tok
+    if rollout is not None:
+        metrics["sampler_logp_diff"] = sum(stats["diff"]) / n_tok
+    return loss, metrics
+
+
+CONFIGS = [
+    ("grpo", RLLossConfig(), True),
+    ("clip_higher", RLLossConfig(eps_low=0.2, eps_high=0.28), True),
+    ("dual_clip", RLLossConfig(dual_clip_c=1.5), True),
+    ("kl_k1", RLLossConfig(beta=0.1, kl_estimator="k1"), True),
+    ("kl_k2", RLLossConfig(beta=0.1, kl_estimator="k2"), True),
+    ("kl_k3_entropy", RLLossConfig(beta=0.05, kl_estimator="k3", entropy_coef=0.01), True),
+    ("gspo", RLLossConfig(ratio_level="sequence", eps_low=3e-4, eps_high=4e-4), True),
+    ("tis_token_truncate", RLLossConfig(tis_mode="token", tis_cap=1.2), True),
+    ("tis_sequence_mask", RLLossConfig(tis_mode="sequence", tis_action="mask", tis_cap=1.5), True),
+    ("seq_mean_token_mean", RLLossConfig(aggregation="seq_mean_token_mean"), True),
+    ("seq_mean_token_sum", RLLossConfig(aggregation="seq_mean_token_sum"), True),
+    ("constant", RLLossConfig(aggregation="constant", max_tokens=7 * 32), True),
+    ("temperature", RLLossConfig(temperature=0.7, beta=0.02, entropy_coef=0.01), True),
+    ("on_policy", RLLossConfig(beta=0.02, entropy_coef=0.02), False),
+    ("gspo_on_policy", RLLossConfig(ratio_level="sequence", aggregation="seq_mean_token_mean"), False),
+]
+
+
+def run_case(cfg, with_old, dtype, backend, monkeypatch, seed=0):
+    monkeypatch.setenv("VT_BACKEND", backend)
+    hidden, weight, targets, cu, mask, adv, g = make_batch(dtype, seed)
+    logp64, ent64, h64, w64 = naive_logp_entropy(hidden, weight, targets, cfg.temperature)
+    old, ref, rollout = side_logprobs(logp64, mask, g)
+    old = old if with_old else None
+    loss, metrics = linear_rl_loss(hidden, weight, targets, adv, mask, cu, old, ref, rollout, cfg)
+    want, want_metrics = hand_loss(logp64, ent64, adv, mask, old, ref, rollout, cfg)
+    up = float(torch.randn((), generator=g))
+    (loss * up).backward()
+    (want * up).backward()
+    return loss, metrics, want, want_metrics, (hidden.grad, h64.grad), (weight.grad, w64.grad)
+
+
+def assert_close(actual, expected, tol):
+    a, e = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
+    err = (a - e).abs().max().item()
+    assert err <= tol * max(1.0, e.abs().max().item()), f"error {err:.3e}"
+
+
+@pytest.mark.parametrize("name,cfg,with_old", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_config_against_hand_formula(name, cfg, with_old, monkeypatch):
+    loss, metrics, want, want_metrics, dh, dw = run_case(cfg, with_old, torch.float32, "torch", monkeypatch)
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert_close(loss, want, 1e-5)
+    expected_keys = set(want_metrics)
+    expected_keys |= {"tis_weight_mean", "tis_capped_frac"} if cfg.tis_mode is not None else set()
+    expected_keys |= {"dual_clip_frac"} if cfg.dual_clip_c is not None else set()
+    assert set(metrics) == expected_keys
+    for key, value in want_metrics.items():
+        assert metrics[key].dim() == 0 and not metrics[key].requires_grad
+        assert_close(metrics[key], value, 1e-5)
+    assert_close(*dh, 1e-5)
+    assert_close(*dw, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_path(dtype, monkeypatch):
+    cfg = RLLossConfig(eps_high=0.28, dual_clip_c=3.0, beta=0.04, entropy_coef=0.01, temperature=0.9,
+                       tis_mode="token", aggregation="seq_mean_token_mean")
+    loss, metrics, want, want_metrics, dh, dw = run_case(cfg, True, dtype, "triton", monkeypatch, seed=1)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert_close(loss, want, tol)
+    for key, value in want_metrics.items():
+        if not key.startswith("clip_frac"):  # fp16 logits can move a ratio across the clip boundary
+            assert_close(metrics[key], value, tol)
+    assert_close(*dh, tol)
+    assert_close(*dw, tol)
+
+
+def test_packed_equals_per_sequence_loop(monkeypatch):
+    """Sequence-mean aggregation of the packed batch equals the mean of each sequence run alone."""
+    monkeypatch.setenv("VT_BACKEND", "torch")
+    hidden, weight, targets, cu, mask, adv, g = make_batch(torch.float32, seed=2)
+    old = torch.randn(T, generator=g) * 0.1 - 5.0
+    cfg = RLLossConfig(aggregation="seq_mean_token_mean")
+    packed, _ = linear_rl_loss(hidden, weight, targets, adv, mask, cu, old, config=cfg)
+    alone = []
+    for i in range(len(LENGTHS)):
+        s = slice(int(cu[i]), int(cu[i + 1]))
+        if mask[s].any():
+            one = torch.tensor([0, LENGTHS[i]])
+            alone.append(linear_rl_loss(hidden[s], weight, targets[s], adv[s], mask[s], one, old[s], config=cfg)[0])
+    assert_close(packed, torch.stack(alone).mean(), 1e-6)
+
+
+def test_checks():
+    hidden, weight, targets, cu, mask, adv, _ = make_batch(torch.float32)
+    with pytest.raises(ValueError, match="advantages"):
+        linear_rl_loss(hidden, weight, targets, adv[:-1], mask, cu)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        linear_rl_loss(hidden, weight, targets, adv, mask, cu[:-1])
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        linear_rl_loss(hidden, weight, targets, adv, mask, cu, config=RLLossConfig(beta=0.1))
+    with pytest.raises(ValueError, match="rollout_logprobs"):
+        linear_rl_loss(hidden, weight, targets, adv, mask, cu, config=RLLossConfig(tis_mode="token"))
+    for bad in (dict(aggregation="constant"), dict(kl_estimator="k4"), dict(dual_clip_c=0.5),
+                dict(ratio_level="seq"), dict(tis_action="drop"), dict(eps_low=1.0), dict(temperature=0.0)):
+        with pytest.raises(ValueError, match="RLLossConfig"):
+            RLLossConfig(**bad)
