@@ -1,10 +1,18 @@
-"""Packed-sequence (varlen) attention. Public entry: ``packed_attention``."""
+"""Packed-sequence (varlen) attention and paged decode attention.
+
+Public entries: ``packed_attention`` (training / prefill over documents packed without padding),
+``paged_decode_attention`` and ``write_kv_cache`` (generation on a paged KV cache). Each has a pure-torch
+reference beside it (the CPU path and the test oracle) and a Triton path chosen by ``VT_BACKEND``.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from .._dispatch import resolve_backend
+from .paged import paged_decode_attention, paged_decode_attention_reference, write_kv_cache, write_kv_cache_reference
 from .reference import packed_attention_reference
+from .varlen import packed_attention_triton
 
 
 def packed_attention(
@@ -19,9 +27,12 @@ def packed_attention(
 ) -> torch.Tensor:
     """Attention over documents packed without padding.
 
-    Shapes: q [T, H, d], k and v [T, Hkv, d] (H a multiple of Hkv), cu_seqlens int32 [B+1] with
-    cu_seqlens[0] == 0 and cu_seqlens[-1] == T, max_seqlen the longest document. Returns o [T, H, d].
-    Tokens attend only within their own document (causally when ``causal``; within ``window`` keys when set).
+    Shapes: q [T, H, d], k and v [T, Hkv, d] (H a multiple of Hkv; d a multiple of 16 up to 256 on the
+    Triton path), cu_seqlens int32 [B+1] with cu_seqlens[0] == 0 and cu_seqlens[-1] == T, max_seqlen the
+    longest document (an int, or a 0-d tensor). Returns o [T, H, d] in the dtype of q.
+    Tokens attend only within their own document: causally when ``causal``; with ``window`` = w, query i
+    sees keys j with i - w < j <= i (causal) or |i - j| < w (non-causal). ``softmax_scale`` defaults to
+    1/sqrt(d). Differentiable in q, k and v.
     """
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(f"packed_attention: q, k, v must be [T, H, d]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -31,7 +42,26 @@ def packed_attention(
         raise ValueError(f"packed_attention: q heads {q.shape[1]} must be a multiple of kv heads {k.shape[1]}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
         raise ValueError(f"packed_attention: cu_seqlens must be 1-D with B+1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
-    return packed_attention_reference(q, k, v, cu_seqlens, causal=causal, softmax_scale=softmax_scale, window=window)
+    if cu_seqlens.device != q.device:
+        raise ValueError(f"packed_attention: cu_seqlens is on {cu_seqlens.device} but q on {q.device}")
+    if window is not None and window < 1:
+        raise ValueError(f"packed_attention: window must be >= 1 or None, got {window}")
+    backend = resolve_backend("packed_attention", q)
+    if backend == "torch":
+        return packed_attention_reference(q, k, v, cu_seqlens, causal=causal, softmax_scale=softmax_scale, window=window)
+    d = q.shape[2]
+    if d % 16 != 0 or d > 256:
+        raise ValueError(f"packed_attention: the Triton path needs head dim d a multiple of 16 up to 256, got q {tuple(q.shape)}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"packed_attention: q, k, v must share one of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
+    return packed_attention_triton(q, k, v, cu_seqlens, max_seqlen, causal=causal, softmax_scale=softmax_scale, window=window)
 
 
-__all__ = ["packed_attention", "packed_attention_reference"]
+__all__ = [
+    "packed_attention",
+    "packed_attention_reference",
+    "paged_decode_attention",
+    "paged_decode_attention_reference",
+    "write_kv_cache",
+    "write_kv_cache_reference",
+]

@@ -1,0 +1,299 @@
+"""Triton flash attention over packed documents (varlen): forward and backward (dq, dk, dv).
+
+Layout: q [T, H, d], k/v [T, Hkv, d] contiguous, documents delimited by cu_seqlens int32 [B+1].
+Grid of the forward and dq kernels: (query block within a document, document, q head); of the dk/dv
+kernel: (key block within a document, document, kv head), which sums over the q heads of its group
+(GQA without atomics). Programs whose block lies past their document's end exit at once, so the grid is
+sized by ``max_seqlen`` without reading cu_seqlens on the host. Key/query loops only visit tiles that
+the causal / sliding-window mask leaves partly open.
+
+Softmax runs in base 2: scores are scaled by ``softmax_scale * log2(e)`` and the saved logsumexp ``lse``
+[H, T] (fp32) is in those units. Running maxima start at a large negative finite value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+_NEG = -1.0e30
+
+
+@triton.jit
+def _tile_mask(o_m, o_n, L, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, WINDOW):
+    """[BM, BN] mask of (query o_m, key o_n) pairs that may attend, positions within the document."""
+    m_mn = (o_m[:, None] < L) & (o_n[None, :] < L)
+    if CAUSAL:
+        m_mn = m_mn & (o_n[None, :] <= o_m[:, None])
+    if HAS_WINDOW:
+        m_mn = m_mn & (o_m[:, None] - o_n[None, :] < WINDOW) & (o_n[None, :] - o_m[:, None] < WINDOW)
+    return m_mn
+
+
+@triton.jit
+def _key_range(m0, L, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, WINDOW, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """Keys [lo, hi) that queries [m0, m0 + BLOCK_M) can see; lo aligned to BLOCK_N."""
+    lo = 0
+    hi = L
+    if CAUSAL:
+        hi = tl.minimum(L, m0 + BLOCK_M)
+    elif HAS_WINDOW:
+        hi = tl.minimum(L, m0 + BLOCK_M + WINDOW - 1)
+    if HAS_WINDOW:
+        lo = tl.maximum(0, m0 - WINDOW + 1)
+        lo = (lo // BLOCK_N) * BLOCK_N
+    return lo, hi
+
+
+@triton.jit
+def packed_attn_fwd_kernel(
+    q, k, v, o, lse, cu_seqlens, qk_scale, T, WINDOW,
+    H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # last query blocks see the most keys: schedule them first
+    i_m, i_b, i_h = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos = tl.load(cu_seqlens + i_b).to(tl.int64)
+    L = (tl.load(cu_seqlens + i_b + 1).to(tl.int64) - bos).to(tl.int32)
+    m0 = i_m * BLOCK_M
+    if m0 >= L:
+        return
+    i_hk = i_h // (H // HKV)
+    o_m = m0 + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    m_m = o_m < L
+    p_q = q + ((bos + o_m) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+
+    b_m = tl.full([BLOCK_M], _NEG, dtype=tl.float32)
+    b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
+    b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo, hi = _key_range(m0, L, CAUSAL, HAS_WINDOW, WINDOW, BLOCK_M, BLOCK_N)
+    for n0 in range(lo, hi, BLOCK_N):
+        o_n = n0 + tl.arange(0, BLOCK_N)
+        m_n = o_n < L
+        o_kv = ((bos + o_n) * HKV + i_hk).to(tl.int64)[:, None] * D + o_d[None, :]
+        b_k = tl.load(k + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_v = tl.load(v + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
+        b_s = tl.where(_tile_mask(o_m, o_n, L, CAUSAL, HAS_WINDOW, WINDOW), b_s, float("-inf"))
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+        b_alpha = tl.exp2(b_m - b_m_new)
+        b_p = tl.exp2(b_s - b_m_new[:, None])
+        b_l = b_l * b_alpha + tl.sum(b_p, 1)
+        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
+        b_m = b_m_new
+    b_l = tl.where(b_l > 0, b_l, 1.0)
+    b_o = b_acc / b_l[:, None]
+    tl.store(o + ((bos + o_m) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :], b_o.to(o.dtype.element_ty),
+             mask=m_m[:, None] & m_d[None, :])
+    tl.store(lse + i_h.to(tl.int64) * T + bos + o_m, b_m + tl.log2(b_l), mask=m_m)
+
+
+@triton.jit
+def packed_attn_bwd_preprocess_kernel(o, do, delta, T, H: tl.constexpr, D: tl.constexpr,
+                                      BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """delta[h, t] = sum_d o[t, h, d] * do[t, h, d] in fp32."""
+    i_t, i_h = tl.program_id(0), tl.program_id(1)
+    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    o_d = tl.arange(0, BLOCK_D)
+    m_td = (o_t < T)[:, None] & (o_d < D)[None, :]
+    o_off = (o_t.to(tl.int64) * H + i_h)[:, None] * D + o_d[None, :]
+    b_o = tl.load(o + o_off, mask=m_td, other=0.0).to(tl.float32)
+    b_do = tl.load(do + o_off, mask=m_td, other=0.0).to(tl.float32)
+    tl.store(delta + i_h.to(tl.int64) * T + o_t, tl.sum(b_o * b_do, 1), mask=o_t < T)
+
+
+@triton.jit
+def packed_attn_bwd_dq_kernel(
+    q, k, v, do, lse, delta, dq, cu_seqlens, qk_scale, sm_scale, T, WINDOW,
+    H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # last query blocks see the most keys: schedule them first
+    i_m, i_b, i_h = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos = tl.load(cu_seqlens + i_b).to(tl.int64)
+    L = (tl.load(cu_seqlens + i_b + 1).to(tl.int64) - bos).to(tl.int32)
+    m0 = i_m * BLOCK_M
+    if m0 >= L:
+        return
+    i_hk = i_h // (H // HKV)
+    o_m = m0 + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    m_m = o_m < L
+    o_q = ((bos + o_m) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
+    b_q = tl.load(q + o_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_do = tl.load(do + o_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_lse = tl.load(lse + i_h.to(tl.int64) * T + bos + o_m, mask=m_m, other=0.0)
+    b_delta = tl.load(delta + i_h.to(tl.int64) * T + bos + o_m, mask=m_m, other=0.0)
+    b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo, hi = _key_range(m0, L, CAUSAL, HAS_WINDOW, WINDOW, BLOCK_M, BLOCK_N)
+    for n0 in range(lo, hi, BLOCK_N):
+        o_n = n0 + tl.arange(0, BLOCK_N)
+        m_n = o_n < L
+        o_kv = ((bos + o_n) * HKV + i_hk).to(tl.int64)[:, None] * D + o_d[None, :]
+        b_k = tl.load(k + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_v = tl.load(v + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
+        b_p = tl.exp2(b_s - b_lse[:, None])
+        b_p = tl.where(_tile_mask(o_m, o_n, L, CAUSAL, HAS_WINDOW, WINDOW), b_p, 0.0)
+        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PRECISION)
+    tl.store(dq + o_q, (b_dq * sm_scale).to(dq.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+
+
+@triton.jit
+def packed_attn_bwd_dkdv_kernel(
+    q, k, v, do, lse, delta, dk, dv, cu_seqlens, qk_scale, sm_scale, T, WINDOW,
+    H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    i_n, i_b, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos = tl.load(cu_seqlens + i_b).to(tl.int64)
+    L = (tl.load(cu_seqlens + i_b + 1).to(tl.int64) - bos).to(tl.int32)
+    n0 = i_n * BLOCK_N
+    if n0 >= L:
+        return
+    G: tl.constexpr = H // HKV
+    o_n = n0 + tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    m_n = o_n < L
+    o_kv = ((bos + o_n) * HKV + i_hk).to(tl.int64)[:, None] * D + o_d[None, :]
+    b_k = tl.load(k + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
+    b_v = tl.load(v + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
+    b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    lo = 0
+    hi = L
+    if CAUSAL:
+        lo = (n0 // BLOCK_M) * BLOCK_M
+    elif HAS_WINDOW:
+        lo = (tl.maximum(0, n0 - WINDOW + 1) // BLOCK_M) * BLOCK_M
+    if HAS_WINDOW:
+        hi = tl.minimum(L, n0 + BLOCK_N + WINDOW - 1)
+    for i_g in range(G):
+        i_h = i_hk * G + i_g
+        for m0 in range(lo, hi, BLOCK_M):
+            o_m = m0 + tl.arange(0, BLOCK_M)
+            m_m = o_m < L
+            o_q = ((bos + o_m) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
+            b_q = tl.load(q + o_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+            b_do = tl.load(do + o_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+            b_lse = tl.load(lse + i_h.to(tl.int64) * T + bos + o_m, mask=m_m, other=0.0)
+            b_delta = tl.load(delta + i_h.to(tl.int64) * T + bos + o_m, mask=m_m, other=0.0)
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
+            b_p = tl.exp2(b_s - b_lse[:, None])
+            b_p = tl.where(_tile_mask(o_m, o_n, L, CAUSAL, HAS_WINDOW, WINDOW), b_p, 0.0)
+            b_dv += tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision=PRECISION)
+            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+            b_ds = b_p * (b_dp - b_delta[:, None])
+            b_dk += tl.dot(tl.trans(b_ds.to(b_q.dtype)), b_q, input_precision=PRECISION)
+    tl.store(dk + o_kv, (b_dk * sm_scale).to(dk.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
+    tl.store(dv + o_kv, b_dv.to(dv.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
+
+
+def _config(q: torch.Tensor) -> dict:
+    """Tile sizes and launch options for this device and head dim."""
+    D = q.shape[-1]
+    block_d = max(16, triton.next_power_of_2(D))
+    if not q.is_cuda:
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=block_d, num_warps=4, num_stages=1)
+    if block_d <= 64:
+        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
+    if block_d <= 128:
+        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=1)
+
+
+def _bwd_config(q: torch.Tensor) -> dict:
+    """Backward tiles: the dk/dv kernel holds two fp32 [BLOCK_N, d] accumulators, so tiles shrink with d."""
+    cfg = _config(q)
+    if q.is_cuda:
+        block_d = cfg["BLOCK_D"]
+        cfg.update(BLOCK_M=64 if block_d <= 64 else 32, BLOCK_N=64 if block_d <= 128 else 32,
+                   num_stages=2 if block_d <= 64 else 1)
+    return cfg
+
+
+def _precision(q: torch.Tensor) -> str:
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+def _common(q, k, cu_seqlens, window, causal):
+    T, H, D = q.shape
+    return dict(H=H, HKV=k.shape[1], D=D, CAUSAL=bool(causal), HAS_WINDOW=window is not None,
+                PRECISION=_precision(q)), (T, cu_seqlens.numel() - 1)
+
+
+def packed_attention_fwd(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, window):
+    """Launch the forward kernel: returns o [T, H, d] (dtype of q) and lse [H, T] fp32 (base 2)."""
+    consts, (T, B) = _common(q, k, cu_seqlens, window, causal)
+    cfg = _config(q)
+    o = torch.empty_like(q)
+    lse = torch.empty(q.shape[1], T, dtype=torch.float32, device=q.device)
+    grid = (triton.cdiv(max_seqlen, cfg["BLOCK_M"]), B, q.shape[1])
+    packed_attn_fwd_kernel[grid](
+        q, k, v, o, lse, cu_seqlens, softmax_scale * _LOG2E, T, window or 0, **consts, **cfg
+    )
+    return o, lse
+
+
+def packed_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, causal, softmax_scale, window):
+    """Launch the backward kernels: returns dq, dk, dv (dtypes of q, k, v)."""
+    consts, (T, B) = _common(q, k, cu_seqlens, window, causal)
+    H, D = q.shape[1], q.shape[2]
+    cfg = _bwd_config(q)
+    delta = torch.empty(H, T, dtype=torch.float32, device=q.device)
+    block_t = 64 if q.is_cuda else 32
+    packed_attn_bwd_preprocess_kernel[(triton.cdiv(T, block_t), H)](
+        o, do, delta, T, H=H, D=D, BLOCK_D=cfg["BLOCK_D"], BLOCK_T=block_t
+    )
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    scales = (softmax_scale * _LOG2E, softmax_scale, T, window or 0)
+    packed_attn_bwd_dq_kernel[(triton.cdiv(max_seqlen, cfg["BLOCK_M"]), B, H)](
+        q, k, v, do, lse, delta, dq, cu_seqlens, *scales, **consts, **cfg
+    )
+    packed_attn_bwd_dkdv_kernel[(triton.cdiv(max_seqlen, cfg["BLOCK_N"]), B, k.shape[1])](
+        q, k, v, do, lse, delta, dk, dv, cu_seqlens, *scales, **consts, **cfg
+    )
+    return dq, dk, dv
+
+
+class PackedAttentionFunction(torch.autograd.Function):
+    """Autograd wiring of the Triton varlen kernels (inputs already checked and made contiguous)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, window):
+        o, lse = packed_attention_fwd(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, window)
+        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
+        ctx.args = (max_seqlen, causal, softmax_scale, window)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
+        dq, dk, dv = packed_attention_bwd(do.contiguous(), q, k, v, o, lse, cu_seqlens, *ctx.args)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def packed_attention_triton(q, k, v, cu_seqlens, max_seqlen, causal=True, softmax_scale=None, window=None):
+    """Triton path of ``packed_attention`` (see there for shapes and semantics)."""
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    return PackedAttentionFunction.apply(
+        q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens.to(torch.int32).contiguous(),
+        int(max_seqlen), causal, float(scale), window,
+    )
