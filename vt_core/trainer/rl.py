@@ -1,0 +1,348 @@
+"""The RL stages (code, math, STEM): in-process generation -> verifier rewards -> group advantages
+(GRPO family, MGPO weights) -> the fused ``linear_rl_loss`` -> one optimizer step per rollout batch.
+
+A step takes ``data.prompts_per_step`` problems (global, seeded order), and every process generates
+``data.group_size`` samples for its share (problem i goes to process i % world_size) with the current
+weights (under FSDP2 the full parameters are gathered into an unsharded copy for the generation phase
+and freed after). Rewards come from each problem's verifier, scored on a thread pool; shaping (overlong
+penalty, Long2Short) is applied per group; advantages are computed over the gathered global batch, so
+every process sees the same numbers; groups whose rewards are all equal are dropped before backward
+when ``algo.drop_zero_variance``. The loss uses the sampler's logprobs as ``rollout_logprobs`` (for the
+metric, or for truncated importance sampling when configured) and the ratio exp(logp - logp.detach())
+on-policy; with ``algo.updates_per_batch > 1`` old logprobs are recomputed once and reused.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from vt_core import model as vt_model
+from vt_core.data import pack_rl
+from vt_core.eval import encode_prompt, evaluate, summarize
+from vt_core.generation import Engine, SamplingParams, derive_seed
+from vt_core.kernels import RLLossConfig, group_advantages, linear_logprobs, linear_rl_loss
+from vt_core.rewards.scorer import RewardScorer
+from vt_core.rewards.shaping import apply_overlong_penalty, long2short
+from vt_core.trainer.common import ModelSection, OptimSection, RunSection, TrainerCore
+from vt_core.trainer.runtime import full_state_dict
+
+
+@dataclass
+class RLData:
+    """Problems to train and evaluate on."""
+
+    path: str = ""
+    """Local JSONL of problems (prompt + verifier fields). Empty: the embedded tasks of ``domain``."""
+    heldout_path: str = ""
+    """Held-out problems for before/after evaluation. Empty: the embedded held-out split."""
+    domain: str = "code"
+    """Embedded task set used when the paths are empty: code | math | stem | instruct."""
+    prompts_per_step: int = 64
+    group_size: int = 8
+    """Samples per prompt (the GRPO group)."""
+    max_prompt_tokens: int = 1024
+    """Longer prompts are dropped when the stage starts (counted in the log)."""
+
+
+@dataclass
+class GenSection:
+    """Sampling during RL."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    kv_cache_tokens: int = 262144
+    """KV cache size of the engine, in tokens."""
+    reward_workers: int = 4
+    """Verifier threads (each code verification runs in its own sandboxed process)."""
+
+
+@dataclass
+class AlgoSection:
+    """Advantages, filtering and shaping."""
+
+    estimator: str = "grpo"
+    """grpo | dr_grpo | rloo | reinforce_pp."""
+    mgpo_lambda: float = 0.0
+    """MGPO weight exp(-lambda * KL(p || 0.5)) on each group's advantages; 0 is plain GRPO."""
+    drop_zero_variance: bool = True
+    """Drop groups whose rewards are all equal before backward (dynamic filtering)."""
+    overlong_buffer: int = 0
+    """Linear overlong penalty over the last N tokens of max_new_tokens (0: off)."""
+    overlong_coef: float = 1.0
+    long2short_lambda: float = 0.0
+    """Zero-sum Long2Short bonus for shorter correct answers (0: off; VibeThinker uses 0.2)."""
+    updates_per_batch: int = 1
+    """Optimizer steps per rollout batch; > 1 switches to old-logprob mode."""
+    micro_tokens: int = 8192
+    """Token budget of one packed training micro-batch."""
+
+
+@dataclass
+class EvalSection:
+    """Held-out evaluation before and after training (and every N steps)."""
+
+    problems: int = 256
+    """Held-out problems evaluated (the first N)."""
+    samples: int = 4
+    """Samples per problem (pass@1 is their mean; pass@k from the same samples)."""
+    temperature: float = 1.0
+    every: int = 0
+    """Also evaluate every N steps (0: only before and after)."""
+
+
+@dataclass
+class RLConfig:
+    """RL stage config (sections: model, optim, run, data, gen, algo, loss, eval)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=lambda: OptimSection(lr=1e-6, max_grad_norm=1.0))
+    run: RunSection = field(default_factory=lambda: RunSection(out_dir="runs/rl"))
+    data: RLData = field(default_factory=RLData)
+    gen: GenSection = field(default_factory=GenSection)
+    algo: AlgoSection = field(default_factory=AlgoSection)
+    loss: RLLossConfig = field(default_factory=RLLossConfig)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+
+def load_problems(path: str, domain: str, split: str) -> list[dict]:
+    """Problems from a local JSONL (any source vt_core.data reads) or the embedded task set."""
+    if path:
+        from vt_core.data import iter_records
+
+        return [r.data for r in iter_records(path, fields={"prompt": (str, list)})]
+    from vt_core import tasks
+
+    return tasks.load_tasks(domain, split)
+
+
+class RLTrainer(TrainerCore):
+    def __init__(self, cfg: RLConfig):
+        super().__init__(cfg, "rl")
+        problems = load_problems(cfg.data.path, cfg.data.domain, "train")
+        encoded = [encode_prompt(self.tokenizer, p["prompt"]) for p in problems]
+        keep = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.data.max_prompt_tokens]
+        if not keep:
+            raise ValueError(f"RL data: no prompt fits data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
+        if len(keep) < len(problems):
+            self.rt.print(f"[rl] dropped {len(problems) - len(keep)} prompts longer than {cfg.data.max_prompt_tokens} tokens")
+        self.problems = [problems[i] for i in keep]
+        self.prompt_ids = [encoded[i] for i in keep]
+        self.heldout = load_problems(cfg.data.heldout_path, cfg.data.domain, "heldout")[: cfg.eval.problems]
+        self.state.setdefault("epoch", 0)
+        self.state.setdefault("index", 0)
+        self.scorer = RewardScorer(max_workers=cfg.gen.reward_workers)
+        self.ref_model = None
+        if cfg.loss.beta > 0:
+            ref = vt_model.load(cfg.model.path, device=self.rt.device) if cfg.model.path else \
+                vt_model.from_config(self.model.config.hf_config, device=self.rt.device, seed=cfg.model.init_seed)
+            self.ref_model = ref.eval().requires_grad_(False)
+
+    # -- data -----------------------------------------------------------------------------------
+    def next_problem_indices(self) -> list[int]:
+        n, out = self.cfg.data.prompts_per_step, []
+        while len(out) < n:
+            g = torch.Generator().manual_seed(self.cfg.run.seed * 7919 + self.state["epoch"])
+            order = torch.randperm(len(self.problems), generator=g).tolist()
+            take = order[self.state["index"] : self.state["index"] + n - len(out)]
+            out.extend(take)
+            self.state["index"] += len(take)
+            if self.state["index"] >= len(order):
+                self.state["epoch"] += 1
+                self.state["index"] = 0
+        return out
+
+    # -- generation -----------------------------------------------------------------------------
+    def generation_model(self):
+        """The model the engine runs: the training model itself on one process, else a gathered copy."""
+        if not self.rt.distributed:
+            return self.model
+        full = full_state_dict(self.model, self.rt)
+        copy = vt_model.from_config(self.model.config.hf_config, dtype=self.rt.compute_dtype, device=self.rt.device)
+        copy.load_state_dict({k: v.to(self.rt.device) for k, v in full.items()}, strict=False)
+        return copy.eval()
+
+    def make_engine(self, model) -> Engine:
+        return Engine(model, self.tokenizer, max_tokens_in_cache=self.cfg.gen.kv_cache_tokens)
+
+    def sampling_params(self, seed: int, temperature: float | None = None) -> SamplingParams:
+        g = self.cfg.gen
+        return SamplingParams(temperature=g.temperature if temperature is None else temperature, top_p=g.top_p,
+                              top_k=g.top_k, max_new_tokens=g.max_new_tokens, seed=seed)
+
+    def rollout(self, indices: list[int]) -> dict:
+        """Generate and score this process's share of ``indices``; returns per-sample lists."""
+        rt, n = self.rt, self.cfg.data.group_size
+        mine = [(pos, i) for pos, i in enumerate(indices) if pos % rt.world_size == rt.rank]
+        gen_model = self.generation_model()
+        was_training = gen_model.training
+        gen_model.eval()
+        engine = self.make_engine(gen_model)
+        seeds = [derive_seed(self.cfg.run.seed, self.step * 1_000_003 + i) for _, i in mine]
+        t0 = time.perf_counter()
+        outs = engine.generate([self.prompt_ids[i] for _, i in mine], [self.sampling_params(s) for s in seeds], n=n)
+        gen_s = time.perf_counter() - t0
+        engine.free_cache()
+        gen_model.train(was_training)
+        futures = [[self.scorer.submit(self.problems[i], c.text) for c in group] for (_, i), group in zip(mine, outs)]
+        rewards = [[f.result().reward for f in row] for row in futures]
+        return {"positions": [pos for pos, _ in mine], "indices": [i for _, i in mine], "outputs": outs,
+                "rewards": rewards, "gen_s": gen_s, "score_s": time.perf_counter() - t0 - gen_s}
+
+    # -- training -------------------------------------------------------------------------------
+    def shaped_advantages(self, roll: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Global (all processes) shaping and advantages; returns this process's advantages, keep mask, stats."""
+        rt, a, n = self.rt, self.cfg.algo, self.cfg.data.group_size
+        local = {pos: (r, [len(c.token_ids) for c in g], [c.finish_reason for c in g])
+                 for pos, r, g in zip(roll["positions"], roll["rewards"], roll["outputs"])}
+        if rt.distributed:
+            parts = [None] * rt.world_size
+            torch.distributed.all_gather_object(parts, local)
+            for p in parts:
+                local.update(p)
+        order = sorted(local)
+        rewards = torch.tensor([r for pos in order for r in local[pos][0]], dtype=torch.float32)
+        lengths = torch.tensor([x for pos in order for x in local[pos][1]], dtype=torch.float32)
+        raw = rewards.clone()
+        if a.overlong_buffer:
+            rewards = apply_overlong_penalty(rewards, lengths, self.cfg.gen.max_new_tokens, a.overlong_buffer, a.overlong_coef)
+        if a.long2short_lambda:
+            rewards = long2short(rewards, lengths.clamp(min=1), group_size=n, correct=raw > 0.5, lam=a.long2short_lambda)
+        adv, _, zero_var = group_advantages(rewards, group_size=n, estimator=a.estimator, mgpo_lambda=a.mgpo_lambda,
+                                            return_zero_variance=True)
+        keep = ~zero_var if a.drop_zero_variance else torch.ones_like(zero_var)
+        truncated = sum(fr == "length" for pos in order for fr in local[pos][2])
+        stats = {"reward": float(rewards.mean()), "pass_rate": float((raw > 0.5).float().mean()),
+                 "zero_variance_frac": float(zero_var.float().view(-1, n)[:, 0].mean()),
+                 "truncation_ratio": truncated / len(raw), "response_len": float(lengths.mean())}
+        rows = {pos: k for k, pos in enumerate(order)}
+        sel = torch.tensor([rows[pos] * n + j for pos in roll["positions"] for j in range(n)], dtype=torch.long)
+        global_kept = int(keep.sum())
+        kept_tokens = int(lengths[keep].sum())
+        return adv[sel], keep[sel], {**stats, "kept_samples": global_kept, "kept_tokens": kept_tokens}
+
+    def train_on(self, roll: dict, adv: torch.Tensor, keep: torch.Tensor, stats: dict) -> dict:
+        rt, cfg = self.rt, self.cfg
+        prompts, comps, logps, advs = [], [], [], []
+        flat = [(i, c) for i, g in zip(roll["indices"], roll["outputs"]) for c in g]
+        for (i, c), a, k in zip(flat, adv.tolist(), keep.tolist()):
+            if k and c.token_ids:
+                prompts.append(self.prompt_ids[i])
+                comps.append(c.token_ids)
+                logps.append(torch.tensor(c.logprobs))
+                advs.append(a)
+        metrics_acc: dict[str, float] = {}
+        loss_total = 0.0
+        if stats["kept_samples"] == 0:
+            return {"loss": 0.0, "skipped": 1.0}
+        loss_cfg = cfg.loss
+        if loss_cfg.aggregation == "constant" and not loss_cfg.max_tokens:
+            loss_cfg = RLLossConfig(**{**loss_cfg.__dict__, "max_tokens": stats["kept_samples"] * cfg.gen.max_new_tokens})
+        micro = pack_rl(prompts, comps, cfg.algo.micro_tokens) if prompts else []
+        unit = "tokens" if loss_cfg.aggregation == "token_mean" else "seqs"
+        total_units = stats["kept_tokens"] if unit == "tokens" else stats["kept_samples"]
+        old = None
+        result = {}
+        for update in range(cfg.algo.updates_per_batch):
+            if cfg.algo.updates_per_batch > 1 and old is None:
+                with torch.no_grad():
+                    old = [self._logprobs(self.model, mb) for mb in micro]
+            loss_total, metrics_acc = 0.0, {}
+            for m, mb in enumerate(micro):
+                mb = mb.to(rt.device)
+                b = mb.batch
+                rollout = mb.scatter_tokens(logps).to(rt.device)
+                adv_t = mb.scatter_samples(torch.tensor(advs)).to(rt.device)
+                ref = self._logprobs(self.ref_model, mb) if self.ref_model is not None else None
+                hidden = self.model(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen)
+                weight = self.model.lm_head_weight  # after forward: unsharded under FSDP2
+                loss, met = linear_rl_loss(hidden, weight, b.targets, adv_t, b.loss_mask, b.cu_seqlens,
+                                           old_logprobs=None if old is None else old[m], ref_logprobs=ref,
+                                           rollout_logprobs=rollout, config=loss_cfg)
+                units = int(b.loss_mask.sum()) if unit == "tokens" else b.num_seqs
+                share = units / max(total_units, 1) if loss_cfg.aggregation != "constant" else 1.0
+                self.backward(loss, share)
+                loss_total += float(loss.detach()) * share
+                for k, v in met.items():
+                    metrics_acc[k] = metrics_acc.get(k, 0.0) + float(v) * share
+            summed = rt.all_reduce_sum([loss_total] + list(metrics_acc.values()))
+            loss_total = summed[0]
+            metrics_acc = dict(zip(metrics_acc, summed[1:]))
+            result = self.optimizer_step(loss_total)
+        return {"loss": loss_total, **metrics_acc, **result}
+
+    @torch.no_grad()
+    def _logprobs(self, model, mb) -> torch.Tensor:
+        b = mb.batch
+        hidden = model(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen)
+        return linear_logprobs(hidden, model.lm_head_weight, b.targets.clamp(min=0))
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def evaluate_heldout(self, label: str) -> dict:
+        """pass@1 (mean over samples), its standard error and pass@k on the held-out problems (all ranks
+        evaluate a share; rank 0 prints)."""
+        rt, e = self.rt, self.cfg.eval
+        mine = [(i, p) for i, p in enumerate(self.heldout) if i % rt.world_size == rt.rank]
+        model = self.generation_model()
+        was_training = model.training
+        model.eval()
+        engine = self.make_engine(model)
+        params = self.sampling_params(0, temperature=e.temperature)
+        res = evaluate(engine, self.tokenizer, [p for _, p in mine], k=e.samples, params=params,
+                       ks=(1, e.samples), scorer=self.scorer, seed=10_000 + rt.rank)
+        engine.free_cache()
+        model.train(was_training)
+        rows = {i: [r > 0.5 for r in row] for (i, _), row in zip(mine, res["rewards"])}
+        if rt.distributed:
+            parts = [None] * rt.world_size
+            torch.distributed.all_gather_object(parts, rows)
+            for p in parts:
+                rows.update(p)
+        correct = [rows[i] for i in sorted(rows)]
+        summary = summarize(correct, ks=(1, e.samples))
+        k = e.samples
+        rt.print(f"held-out pass@1 {label}: {100 * summary['pass@1']:.1f}% "
+                 f"(stderr {100 * summary['pass@1_stderr']:.1f}, pass@{k} {100 * summary[f'pass@{k}']:.1f}%, "
+                 f"{summary['problems']} problems x {k} samples)")
+        return summary
+
+    def fit(self) -> dict:
+        before = self.state.get("eval_before") or self.evaluate_heldout("before")
+        self.state["eval_before"] = before
+        last: dict = {}
+        while not self.done():
+            t0 = time.perf_counter()
+            roll = self.rollout(self.next_problem_indices())
+            adv, keep, stats = self.shaped_advantages(roll)
+            t1 = time.perf_counter()
+            metrics = self.train_on(roll, adv, keep, stats)
+            metrics.update(stats)
+            metrics.update({"gen_s": roll["gen_s"], "score_s": roll["score_s"], "train_s": time.perf_counter() - t1,
+                            "step_s": time.perf_counter() - t0})
+            if metrics.get("skipped") and stats["kept_samples"] == 0:
+                self.step += 1  # a batch with nothing to learn from still counts as a step
+            self.metrics.log(self.step, metrics)
+            last = metrics
+            if self.cfg.eval.every and self.step % self.cfg.eval.every == 0:
+                res = self.evaluate_heldout(f"at step {self.step}")
+                self.metrics.log(self.step, {"heldout_pass@1": res["pass@1"]})
+            if self.cfg.run.save_every and self.step % self.cfg.run.save_every == 0:
+                self.save()
+        after = self.evaluate_heldout("after")
+        self.state["eval_after"] = after
+        self.save()
+        self.save_final()
+        self.scorer.shutdown()
+        self.close()
+        return {"before": before, "after": after, "last": last}
+
+
+def run_rl(cfg: RLConfig) -> dict:
+    return RLTrainer(cfg).fit()
+
+
+__all__ = ["RLConfig", "RLData", "GenSection", "AlgoSection", "EvalSection", "RLTrainer", "run_rl", "load_problems"]

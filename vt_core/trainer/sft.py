@@ -1,0 +1,143 @@
+"""The SFT stage: packed micro-batches by token budget, loss on assistant / completion tokens only,
+through ``linear_cross_entropy`` (no [T, V] logits).
+
+A step consumes ``data.examples_per_step`` examples (the global batch, in a seeded per-epoch order),
+packs them by first-fit decreasing into micro-batches of at most ``data.max_tokens`` tokens, and gives
+micro-batch i to process i % world_size. The loss is the mean over every loss token of the global
+batch. The data position (epoch, index) is part of the checkpoint, so a resumed run sees the same data.
+Stage 2 of the two-stage curriculum is the same stage with ``data.min_tokens`` selecting long traces.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from vt_core.data import TokenizedExample, load_examples, pack_examples, tokenize_row
+from vt_core.kernels import linear_cross_entropy
+from vt_core.trainer.common import ModelSection, OptimSection, RunSection, TrainerCore
+
+
+@dataclass
+class SFTData:
+    """What to train on."""
+
+    path: str = ""
+    """Local JSONL / Parquet / save_to_disk data (chat `messages` or prompt/completion rows).
+    Empty: the embedded code tasks' train split with their reference solutions."""
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    max_tokens: int = 4096
+    """Token budget of one packed micro-batch."""
+    examples_per_step: int = 64
+    """Global batch size in examples."""
+    min_tokens: int = 0
+    """Keep only examples of at least this many tokens (stage 2: long traces); 0 keeps all."""
+    max_examples: int = 0
+    """Use only the first N examples (0: all)."""
+    overflow: str = "truncate"
+    """Examples longer than max_tokens: truncate | error."""
+
+
+@dataclass
+class SFTConfig:
+    """SFT stage config (sections: model, optim, run, data)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=lambda: RunSection(out_dir="runs/sft"))
+    data: SFTData = field(default_factory=SFTData)
+
+
+def load_sft_examples(data: SFTData, tokenizer) -> list[TokenizedExample]:
+    """Tokenized training examples (with loss masks) after the stage-2 length filter."""
+    if data.path:
+        examples = load_examples(data.path, tokenizer, prompt_field=data.prompt_field,
+                                 completion_field=data.completion_field)
+    else:
+        from vt_core.tasks import load_code_tasks
+
+        examples = [tokenize_row(tokenizer, row, completion_field="solution") for row in load_code_tasks("train")]
+    if data.max_examples:
+        examples = examples[: data.max_examples]
+    if data.min_tokens:
+        examples = [e for e in examples if len(e.input_ids) >= data.min_tokens]
+    if not examples:
+        raise ValueError(f"SFT data {data.path or 'embedded code tasks'}: no examples left "
+                         f"(min_tokens={data.min_tokens}, max_examples={data.max_examples})")
+    return examples
+
+
+class SFTTrainer(TrainerCore):
+    def __init__(self, cfg: SFTConfig):
+        super().__init__(cfg, "sft")
+        self.examples = load_sft_examples(cfg.data, self.tokenizer)
+        self.state.setdefault("epoch", 0)
+        self.state.setdefault("index", 0)
+
+    def _order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.cfg.run.seed * 1000003 + epoch)
+        return torch.randperm(len(self.examples), generator=g).tolist()
+
+    def next_examples(self) -> list[TokenizedExample]:
+        """The next global batch, continuing across epochs."""
+        n = self.cfg.data.examples_per_step
+        out: list[TokenizedExample] = []
+        order = self._order(self.state["epoch"])
+        while len(out) < n:
+            if self.state["index"] >= len(order):
+                self.state["epoch"] += 1
+                self.state["index"] = 0
+                order = self._order(self.state["epoch"])
+            take = order[self.state["index"] : self.state["index"] + n - len(out)]
+            out.extend(self.examples[i] for i in take)
+            self.state["index"] += len(take)
+        return out
+
+    def train_step(self, examples: list[TokenizedExample]) -> dict:
+        """Forward/backward over the global batch of examples, then one optimizer step."""
+        rt = self.rt
+        micro = pack_examples(examples, self.cfg.data.max_tokens, overflow=self.cfg.data.overflow)
+        global_tokens = sum(int(b.loss_mask.sum()) for b in micro)
+        mine = micro[rt.rank :: rt.world_size]
+        loss_sum, tokens = 0.0, 0
+        for batch in mine:
+            batch = batch.to(rt.device)
+            hidden = self.model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen)
+            weight = self.model.lm_head_weight  # after forward: unsharded under FSDP2
+            loss = linear_cross_entropy(hidden, weight, batch.targets, reduction="sum") / max(global_tokens, 1)
+            self.backward(loss, 1.0)
+            loss_sum += float(loss.detach()) * global_tokens
+            tokens += batch.num_tokens
+        loss_sum, tokens = rt.all_reduce_sum([loss_sum, float(tokens)])
+        loss_value = loss_sum / max(global_tokens, 1)
+        stats = self.optimizer_step(loss_value)
+        return {"loss": loss_value, "tokens": tokens, "loss_tokens": global_tokens, **stats}
+
+    def fit(self) -> dict:
+        """Train until max_steps or max_minutes; returns the last step's metrics."""
+        last: dict = {}
+        save_every = self.cfg.run.save_every
+        while not self.done():
+            t0 = time.perf_counter()
+            metrics = self.train_step(self.next_examples())
+            metrics["tokens_per_s"] = metrics["tokens"] / max(time.perf_counter() - t0, 1e-9)
+            metrics["epoch"] = self.state["epoch"] + self.state["index"] / len(self.examples)
+            self.metrics.log(self.step, metrics)
+            last = metrics
+            if save_every and self.step % save_every == 0 and not metrics["skipped"]:
+                self.save()
+        self.save()
+        self.save_final()
+        self.close()
+        return last
+
+
+def run_sft(cfg: SFTConfig) -> dict:
+    trainer = SFTTrainer(cfg)
+    return trainer.fit()
+
+
+__all__ = ["SFTConfig", "SFTData", "SFTTrainer", "run_sft", "load_sft_examples"]
