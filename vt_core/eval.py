@@ -144,7 +144,7 @@ def _first(row: dict, keys: tuple[str, ...]):
     for k in keys:
         if k in row:
             return row[k]
-    raise KeyError(f"none of the fields {', '.join(keys)}")
+    raise ValueError(f"none of the fields {', '.join(keys)}")
 
 
 def _lcb_prompt(row: dict, fn_name: str | None) -> str:
