@@ -1,13 +1,21 @@
 """Backend dispatch for vt_core.kernels.
 
-``VT_BACKEND=auto|torch|triton|cuda`` (read on every call, so tests and callers can switch it):
+An op lists the implementations it has in ``available``, a subset of:
+``"torch"`` (the pure-torch reference, always there), ``"triton"`` (Triton kernels), ``"cuda"`` (a
+hand-written CUDA kernel in vt_core._C) and ``"cpp"`` (that CUDA kernel's C++ CPU twin in vt_core._C).
+``resolve_backend(op, tensor, available)`` picks one from ``VT_BACKEND=auto|torch|triton|cuda``
+(read on every call, so tests and callers can switch it):
 
-- ``auto`` (default): Triton on CUDA tensors, the pure-torch reference otherwise.
+- ``auto`` (default): on CUDA tensors Triton, else the CUDA kernel, else torch; on CPU tensors torch.
 - ``torch``: always the chunked pure-torch reference.
 - ``triton``: always Triton. On CPU tensors this needs ``TRITON_INTERPRET=1`` (set before triton is
-  imported), which is how CI runs every Triton kernel.
-- ``cuda``: the hand-written CUDA kernel where an op has one (sampling); ops without one use the
-  ``auto`` choice and say so once in the log.
+  imported), which is how CI runs every Triton kernel. Ops without Triton use torch (logged once).
+- ``cuda``: the native path. CUDA tensors get the CUDA kernel; CPU tensors get its C++ CPU twin
+  (``"cpp"``), which is how CI runs the native code. An op with a CUDA kernel but no twin raises on
+  CPU tensors; an op with neither uses the ``auto`` choice (logged once).
+
+Native ops pass raw pointers to vt_core._C: :func:`native` returns the module, :func:`cuda_launch_args`
+the (device index, stream handle) pair that every CUDA entry takes after its pointers and sizes.
 """
 
 from __future__ import annotations
@@ -42,14 +50,45 @@ def log_once(op: str, message: str) -> None:
         _log.warning("%s: %s", op, message)
 
 
+def native():
+    """The compiled extension vt_core._C (C++ CPU twins and, where built, CUDA kernels)."""
+    import vt_core._C
+
+    return vt_core._C
+
+
+def cuda_launch_args(tensor: torch.Tensor) -> tuple[int, int]:
+    """(device index, stream handle) for a CUDA entry of vt_core._C working on ``tensor``'s device.
+
+    The stream is torch's current stream on that device, so native kernels order with torch's work.
+    """
+    if not tensor.is_cuda:
+        raise ValueError(f"cuda_launch_args: expected a CUDA tensor, got one on {tensor.device}")
+    return tensor.device.index, torch.cuda.current_stream(tensor.device).cuda_stream
+
+
 def resolve_backend(op: str, tensor: torch.Tensor, available: tuple[str, ...] = ("torch", "triton")) -> str:
-    """Pick the backend that runs ``op`` on ``tensor``; ``available`` lists the ones ``op`` implements."""
+    """Pick the backend that runs ``op`` on ``tensor``; ``available`` lists the ones ``op`` implements.
+
+    Returns one of ``"torch"``, ``"triton"``, ``"cuda"``, ``"cpp"`` (see the module docstring).
+    """
     name = requested_backend()
-    if name == "cuda" and "cuda" not in available:
+    if name == "cuda":
+        if tensor.is_cuda and "cuda" in available:
+            return "cuda"
+        if not tensor.is_cuda and "cpp" in available:
+            return "cpp"
+        if "cuda" in available:
+            raise RuntimeError(
+                f"{op}: VT_BACKEND=cuda needs CUDA tensors (this op has no C++ CPU twin), "
+                f"got a tensor on {tensor.device}"
+            )
         log_once(op, "VT_BACKEND=cuda but this op has no CUDA kernel; using the auto choice")
         name = "auto"
     if name == "auto":
-        return "triton" if tensor.is_cuda and "triton" in available else "torch"
+        if tensor.is_cuda:
+            return "triton" if "triton" in available else "cuda" if "cuda" in available else "torch"
+        return "torch"
     if name == "triton":
         if "triton" not in available:
             log_once(op, "VT_BACKEND=triton but this op has no Triton kernel; using the torch reference")
@@ -58,6 +97,4 @@ def resolve_backend(op: str, tensor: torch.Tensor, available: tuple[str, ...] = 
             raise RuntimeError(
                 f"{op}: VT_BACKEND=triton with CPU tensors needs TRITON_INTERPRET=1 set before triton is imported"
             )
-    if name == "cuda" and not tensor.is_cuda:
-        raise RuntimeError(f"{op}: VT_BACKEND=cuda needs CUDA tensors, got a tensor on {tensor.device}")
     return name
