@@ -74,7 +74,7 @@ def test_rl_step_raises_logprob_of_rewarded_completions(tmp_path):
             "gen_s": 0.0, "score_s": 0.0}
 
     def seq_logprob(text):
-        p = trainer.prompt_ids[0]
+        p = trainer.prompt_ids(0)
         c = tok(text, add_special_tokens=False)["input_ids"]
         ids = torch.tensor(p + c)
         with torch.no_grad():

@@ -123,15 +123,10 @@ def load_problems(path: str, domain: str, split: str) -> list[dict]:
 class RLTrainer(TrainerCore):
     def __init__(self, cfg: RLConfig):
         super().__init__(cfg, "rl")
-        problems = load_problems(cfg.data.path, cfg.data.domain, "train")
-        encoded = [encode_prompt(self.tokenizer, p["prompt"]) for p in problems]
-        keep = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.data.max_prompt_tokens]
-        if not keep:
-            raise ValueError(f"RL data: no prompt fits data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
-        if len(keep) < len(problems):
-            self.rt.print(f"[rl] dropped {len(problems) - len(keep)} prompts longer than {cfg.data.max_prompt_tokens} tokens")
-        self.problems = [problems[i] for i in keep]
-        self.prompt_ids = [encoded[i] for i in keep]
+        self.problems = load_problems(cfg.data.path, cfg.data.domain, "train")
+        if not self.problems:
+            raise ValueError(f"RL data {cfg.data.path or cfg.data.domain}: no problems")
+        self._prompt_cache: dict[int, list[int]] = {}
         self.heldout = load_problems(cfg.data.heldout_path, cfg.data.domain, "heldout")[: cfg.eval.problems]
         self.state.setdefault("epoch", 0)
         self.state.setdefault("index", 0)
@@ -143,17 +138,31 @@ class RLTrainer(TrainerCore):
             self.ref_model = ref.eval().requires_grad_(False)
 
     # -- data -----------------------------------------------------------------------------------
+    def prompt_ids(self, i: int) -> list[int] | None:
+        """Token ids of problem i's prompt (encoded on first use), or None when it exceeds max_prompt_tokens."""
+        if i not in self._prompt_cache:
+            self._prompt_cache[i] = encode_prompt(self.tokenizer, self.problems[i]["prompt"])
+        ids = self._prompt_cache[i]
+        return ids if len(ids) <= self.cfg.data.max_prompt_tokens else None
+
     def next_problem_indices(self) -> list[int]:
+        """The next prompts_per_step problems in a seeded per-epoch order, skipping over-long prompts."""
         n, out = self.cfg.data.prompts_per_step, []
+        scanned = 0
         while len(out) < n:
             g = torch.Generator().manual_seed(self.cfg.run.seed * 7919 + self.state["epoch"])
             order = torch.randperm(len(self.problems), generator=g).tolist()
-            take = order[self.state["index"] : self.state["index"] + n - len(out)]
-            out.extend(take)
-            self.state["index"] += len(take)
+            while len(out) < n and self.state["index"] < len(order):
+                i = order[self.state["index"]]
+                self.state["index"] += 1
+                scanned += 1
+                if self.prompt_ids(i) is not None:
+                    out.append(i)
             if self.state["index"] >= len(order):
                 self.state["epoch"] += 1
                 self.state["index"] = 0
+            if scanned > len(order) and not out:
+                raise ValueError(f"RL data: no prompt fits data.max_prompt_tokens={self.cfg.data.max_prompt_tokens}")
         return out
 
     # -- generation -----------------------------------------------------------------------------
@@ -184,7 +193,7 @@ class RLTrainer(TrainerCore):
         engine = self.make_engine(gen_model)
         seeds = [derive_seed(self.cfg.run.seed, self.step * 1_000_003 + i) for _, i in mine]
         t0 = time.perf_counter()
-        outs = engine.generate([self.prompt_ids[i] for _, i in mine], [self.sampling_params(s) for s in seeds], n=n)
+        outs = engine.generate([self.prompt_ids(i) for _, i in mine], [self.sampling_params(s) for s in seeds], n=n)
         gen_s = time.perf_counter() - t0
         engine.free_cache()
         gen_model.train(was_training)
@@ -231,7 +240,7 @@ class RLTrainer(TrainerCore):
         flat = [(i, c) for i, g in zip(roll["indices"], roll["outputs"]) for c in g]
         for (i, c), a, k in zip(flat, adv.tolist(), keep.tolist()):
             if k and c.token_ids:
-                prompts.append(self.prompt_ids[i])
+                prompts.append(self.prompt_ids(i))
                 comps.append(c.token_ids)
                 logps.append(torch.tensor(c.logprobs))
                 advs.append(a)

@@ -76,6 +76,7 @@ class SFTTrainer(TrainerCore):
         self.examples = load_sft_examples(cfg.data, self.tokenizer)
         self.state.setdefault("epoch", 0)
         self.state.setdefault("index", 0)
+        self.step_hooks: list = []  # hook(trainer, metrics), every process, after each step (e.g. probing)
 
     def _order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.cfg.run.seed * 1000003 + epoch)
@@ -127,6 +128,8 @@ class SFTTrainer(TrainerCore):
             metrics["epoch"] = self.state["epoch"] + self.state["index"] / len(self.examples)
             self.metrics.log(self.step, metrics)
             last = metrics
+            for hook in self.step_hooks:
+                hook(self, metrics)
             if save_every and self.step % save_every == 0 and not metrics["skipped"]:
                 self.save()
         self.save()
