@@ -33,10 +33,12 @@ def _hf_greedy(hf, prompt, new):
     return out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("cache_tokens, block_size", [(4096, 16), (48, 4)])
-def test_greedy_equals_transformers(pair, cache_tokens, block_size):
+@pytest.mark.parametrize("cache_tokens, block_size, decode_attention",
+                         [(4096, 16, "contiguous"), (48, 4, "contiguous"), (48, 4, "paged")])
+def test_greedy_equals_transformers(pair, cache_tokens, block_size, decode_attention):
     hf, model = pair
-    engine = Engine(model, max_tokens_in_cache=cache_tokens, block_size=block_size, eos_token_id=[])
+    engine = Engine(model, max_tokens_in_cache=cache_tokens, block_size=block_size, eos_token_id=[],
+                    decode_attention=decode_attention)
     out = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=16), n=2)
     for prompt, group in zip(PROMPTS, out):
         want = _hf_greedy(hf, prompt, 16)
@@ -124,3 +126,53 @@ def test_cache_is_freed_and_reallocated(pair):
     assert engine.cache is None
     b = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=4))
     assert a[0][0].token_ids == b[0][0].token_ids
+
+
+def test_row_routed_sampler_equals_the_reference_bitwise():
+    from vt_core.generation.sampler import sample_rows, uniforms_ahead
+    from vt_core.kernels import sample
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(9, 1031, generator=gen) * 3
+    params = [SamplingParams(temperature=t, top_k=k, top_p=p, min_p=m) for t, k, p, m in [
+        (1.0, 0, 1.0, 0.0), (0.0, 5, 0.9, 0.0), (0.7, 0, 1.0, 0.1), (1.3, 40, 1.0, 0.0), (1.0, 0, 0.8, 0.0),
+        (0.5, 2000, 1.0, 0.0), (1.0, 0, 1.0, 0.0), (0.0, 0, 1.0, 0.0), (0.9, 10, 0.7, 0.05)]]
+    seeds, offsets = list(range(100, 109)), [0, 3, 7, 1, 2, 9, 4, 0, 5]
+    got = sample_rows(logits, params, seeds, offsets)
+    want = sample(logits, temperature=torch.tensor([p.temperature for p in params]),
+                  top_k=torch.tensor([p.top_k for p in params]), top_p=torch.tensor([p.top_p for p in params]),
+                  min_p=torch.tensor([p.min_p for p in params]), seeds=torch.tensor(seeds), offsets=torch.tensor(offsets))
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    plain = [0, 2, 5, 6]  # a batch of only untruncated rows takes the sort-free path for the whole batch
+    got = sample_rows(logits[plain], [params[i] for i in plain], [seeds[i] for i in plain], [offsets[i] for i in plain])
+    for g, w in zip(got, want):
+        assert torch.equal(g, w[plain])
+    # uniforms buffered ahead (as the engine does) are the ones sample draws at those offsets
+    starts = [max(offsets[i] - 2, 0) for i in plain]
+    ahead = uniforms_ahead([seeds[i] for i in plain], starts, 5)
+    got = sample_rows(logits[plain], [params[i] for i in plain], [seeds[i] for i in plain],
+                      [offsets[i] for i in plain], [row[offsets[i] - st] for row, i, st in zip(ahead, plain, starts)])
+    for g, w in zip(got, want):
+        assert torch.equal(g, w[plain])
+
+
+@pytest.mark.parametrize("max_batch", [9, 256])
+def test_contiguous_decode_mirror_equals_paged_attention(pair, max_batch):
+    """Samples finishing one after another (mirror rows left in place, then compacted), late-admitted
+    prompts (rebuild, max_batch 9) and growth past the mirror's capacity give the paged path's results."""
+    _, model = pair
+    prompts = [list(range(3, 3 + k)) for k in (5, 9, 2, 30, 14, 7)]
+    params = [SamplingParams(temperature=0.8, max_new_tokens=m, seed=k, ignore_eos=True)
+              for k, m in enumerate((3, 58, 6, 11, 9, 57))]
+    runs = {}
+    for mode in ("paged", "contiguous"):
+        engine = Engine(model, eos_token_id=[], max_batch_size=max_batch, decode_attention=mode)
+        runs[mode] = engine.generate(prompts, params, n=2)
+        assert engine.workspace is None  # the mirror is dropped when generate returns
+    for g_paged, g_mirror in zip(runs["paged"], runs["contiguous"]):
+        for a, b in zip(g_paged, g_mirror):
+            assert a.token_ids == b.token_ids
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="decode_attention"):
+        Engine(model, decode_attention="flash")

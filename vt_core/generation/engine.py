@@ -8,26 +8,35 @@ the prefill token budget allows; admitted prompts are prefilled together as one 
 model's forward with an attention hook that writes K/V into the cache and runs ``packed_attention``);
 the last prompt position is sampled n times and the n samples share the prompt's full blocks (each gets
 its own copy of a partly filled last block). Then every running sample decodes one token
-(``paged_decode_attention`` over its blocks). Finished samples leave at once and free their blocks;
+(``paged_decode_attention`` over its blocks, or on CPU a contiguous mirror of the running batch's K/V,
+``vt_core.generation.workspace``). Sampling routes each row by its parameters
+(``vt_core.generation.sampler``: no sort unless the row uses top-k / top-p; Philox uniforms buffered 64
+tokens ahead), with the results of ``vt_core.kernels.sample`` bit for bit. Finished samples leave at once and free their blocks;
 when a running sample needs a block and none is free, the most recently admitted sample is preempted
 (its blocks freed) and later resumes by recomputing its K/V. The engine holds a reference to the model,
-so after an optimizer step it generates with the new weights without a copy.
+so after an optimizer step it generates with the new weights without a copy. With
+``exact_logprobs=True`` the finished samples are re-scored by the trainer's own packed forward
+(``vt_core.generation.exact``), so the recorded logprobs equal the trainer's recomputation bitwise on CPU.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 
 import torch
 
 from vt_core.generation.cache import KVCache
+from vt_core.generation.exact import score_completions
 from vt_core.generation.params import Completion, SamplingParams
+from vt_core.generation.sampler import sample_rows, uniforms_ahead
+from vt_core.generation.workspace import DecodeWorkspace
 from vt_core.kernels import packed_attention
 from vt_core.kernels.attention.paged import paged_decode_attention, write_kv_cache
-from vt_core.kernels import sample
 
 _MASK64 = (1 << 64) - 1
+_UNIFORMS_AHEAD = 64  # Philox uniforms computed per sample at once (one RNG call per 64 tokens instead of per token)
 
 
 def derive_seed(seed: int, index: int) -> int:
@@ -50,6 +59,8 @@ class _Seq:
         self.stop_ids = stop_ids
         self.out = out
         self.blocks: list[int] = []
+        self.uniforms: list[float] = []  # Philox uniforms of offsets uniforms_from.. (plain sampling rows)
+        self.uniforms_from = 0
         self.order = 0  # admission order, for picking what to preempt
 
     def __len__(self) -> int:
@@ -68,11 +79,19 @@ class Engine:
     max_tokens_in_cache / kv_budget_bytes: cache size (one of them; default 65,536 tokens).
     block_size: tokens per cache block. max_prefill_tokens: token budget of one prefill batch.
     max_batch_size: most samples decoding at once. eos_token_id: defaults to the tokenizer's, else the config's.
+    exact_logprobs: after generating, re-score every sample with the trainer's packed forward and
+    ``linear_logprobs`` (see ``vt_core.generation.exact``) so that ``Completion.logprobs`` equals what the
+    trainer recomputes bitwise (fp32, CPU); the decode path's values move to ``sampler_logprobs``.
+    score_tokens: token budget of one re-scoring batch.
+    decode_attention: "paged" (``paged_decode_attention`` on the block tables), "contiguous" (a contiguous
+    mirror of the running batch's K/V, ``vt_core.generation.workspace``; faster on CPU, more memory) or
+    "auto" (contiguous on CPU, paged otherwise).
     """
 
     def __init__(self, model, tokenizer=None, *, max_tokens_in_cache: int | None = None,
                  kv_budget_bytes: int | None = None, block_size: int = 16, max_prefill_tokens: int = 8192,
-                 max_batch_size: int = 256, eos_token_id: int | list[int] | None = None):
+                 max_batch_size: int = 256, eos_token_id: int | list[int] | None = None,
+                 exact_logprobs: bool = False, score_tokens: int = 16384, decode_attention: str = "auto"):
         if max_tokens_in_cache is not None and kv_budget_bytes is not None:
             raise ValueError("Engine: give max_tokens_in_cache or kv_budget_bytes, not both")
         cfg = model.config
@@ -98,9 +117,18 @@ class Engine:
             eos_token_id = cfg.hf_config.get("eos_token_id")
         eos = [] if eos_token_id is None else (eos_token_id if isinstance(eos_token_id, list) else [eos_token_id])
         self.eos_ids = frozenset(int(e) for e in eos)
+        self.exact_logprobs = exact_logprobs
+        if decode_attention not in ("auto", "paged", "contiguous"):
+            raise ValueError(f"Engine: decode_attention must be 'auto', 'paged' or 'contiguous', got {decode_attention!r}")
+        if decode_attention == "auto":
+            decode_attention = "contiguous" if self.device.type == "cpu" else "paged"
+        self.decode_attention = decode_attention
+        self.workspace: DecodeWorkspace | None = None
+        self.score_tokens = score_tokens
         self.cache: KVCache | None = None
         self._order = 0
-        self.stats = {"preemptions": 0, "prefill_tokens": 0, "decode_steps": 0}
+        self.stats = {"preemptions": 0, "prefill_tokens": 0, "decode_steps": 0, "rescore_seconds": 0.0,
+                      "rescore_max_abs_diff": 0.0}
 
     # -- cache lifetime -------------------------------------------------------------------------
     def allocate_cache(self) -> KVCache:
@@ -114,6 +142,7 @@ class Engine:
     def free_cache(self) -> None:
         """Release the KV cache memory (e.g. before a training phase); the next generate re-allocates it."""
         self.cache = None
+        self.workspace = None
 
     # -- public entry ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -145,11 +174,26 @@ class Engine:
             self._admit(waiting, running, prompts, plist, n, results)
             if running:
                 self._decode(running, waiting)
+        self.workspace = None
+        if self.exact_logprobs:
+            self._rescore(prompts, results)
         if self.tokenizer is not None:
             for group in results:
                 for c in group:
                     c.text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
         return results
+
+    def _rescore(self, prompts, results) -> None:
+        start = time.perf_counter()
+        flat = [(prompts[i], c) for i, group in enumerate(results) for c in group]
+        scores = score_completions(self.model, [p for p, _ in flat], [c.token_ids for _, c in flat], self.score_tokens)
+        diff = 0.0
+        for (_, c), lp in zip(flat, scores):
+            if c.token_ids:
+                diff = max(diff, float((lp - torch.tensor(c.logprobs)).abs().max()))
+            c.sampler_logprobs, c.logprobs = c.logprobs, lp.tolist()
+        self.stats["rescore_seconds"] += time.perf_counter() - start
+        self.stats["rescore_max_abs_diff"] = max(self.stats["rescore_max_abs_diff"], diff)
 
     # -- scheduling -----------------------------------------------------------------------------
     def _blocks_needed(self, length: int, copies: int) -> int:
@@ -250,19 +294,29 @@ class Engine:
         if not running:
             return
         dev = self.device
-        width = max(len(s.blocks) for s in running)
-        table = torch.zeros(len(running), width, dtype=torch.int32)
-        for r, s in enumerate(running):
-            table[r, : len(s.blocks)] = torch.tensor(s.blocks, dtype=torch.int32)
-        table = table.to(dev)
         positions = [len(s) - 1 for s in running]
         slot_t = torch.tensor([s.blocks[p // bs] * bs + p % bs for s, p in zip(running, positions)], device=dev)
-        ctx = torch.tensor([len(s) for s in running], dtype=torch.int32, device=dev)
         layers = self.model.model.layers
+        if self.decode_attention == "contiguous":
+            if self.workspace is None:
+                self.workspace = DecodeWorkspace(cache, len(layers))
+            ws = self.workspace
+            rows = ws.sync(running, [p + 1 for p in positions])
+            pos_t = torch.tensor(positions, device=dev)
 
-        def attention(i, q, k, v):
-            write_kv_cache(k, v, cache.k[i], cache.v[i], slot_t)
-            return paged_decode_attention(q, cache.k[i], cache.v[i], table, ctx, softmax_scale=layers[i].self_attn.scale)
+            def attention(i, q, k, v):
+                write_kv_cache(k, v, cache.k[i], cache.v[i], slot_t)
+                return ws.attend(i, q, k, v, rows, pos_t, layers[i].self_attn.scale)
+        else:
+            width = max(len(s.blocks) for s in running)
+            table = torch.tensor([s.blocks + [0] * (width - len(s.blocks)) for s in running], dtype=torch.int32,
+                                 device=dev)
+            ctx = torch.tensor([p + 1 for p in positions], dtype=torch.int32, device=dev)
+
+            def attention(i, q, k, v):
+                write_kv_cache(k, v, cache.k[i], cache.v[i], slot_t)
+                return paged_decode_attention(q, cache.k[i], cache.v[i], table, ctx,
+                                              softmax_scale=layers[i].self_attn.scale)
 
         ids = torch.tensor([s.out.token_ids[-1] for s in running], device=dev)
         hidden = self.model(ids, torch.tensor(positions, device=dev), None, None, attention)
@@ -273,6 +327,7 @@ class Engine:
 
     def _preempt(self, seq: _Seq, running: list[_Seq], waiting: deque) -> None:
         running.remove(seq)
+        self.workspace = None  # a resumed sample's K/V is recomputed: rebuild the mirror from the cache
         self.cache.allocator.release(seq.blocks)
         seq.blocks = []
         waiting.appendleft(("resume", seq))
@@ -280,17 +335,16 @@ class Engine:
 
     # -- sampling -------------------------------------------------------------------------------
     def _sample_and_append(self, seqs: list[_Seq], logits: torch.Tensor, running: list[_Seq]) -> None:
-        dev = logits.device
-        ps = [s.params for s in seqs]
-        tokens, raw, proc = sample(
-            logits,
-            temperature=torch.tensor([p.temperature for p in ps], device=dev),
-            top_k=torch.tensor([p.top_k for p in ps], device=dev),
-            top_p=torch.tensor([p.top_p for p in ps], device=dev),
-            min_p=torch.tensor([p.min_p for p in ps], device=dev),
-            seeds=torch.tensor([s.seed for s in seqs], device=dev),
-            offsets=torch.tensor([len(s.out.token_ids) for s in seqs], device=dev),
-        )
+        offsets = [len(s.out.token_ids) for s in seqs]
+        V = logits.shape[1]
+        plain = [s.params.temperature > 0 and not 0 < s.params.top_k < V and s.params.top_p >= 1.0 for s in seqs]
+        refill = [r for r, s in enumerate(seqs) if plain[r] and not 0 <= offsets[r] - s.uniforms_from < len(s.uniforms)]
+        if refill:
+            ahead = uniforms_ahead([seqs[r].seed for r in refill], [offsets[r] for r in refill], _UNIFORMS_AHEAD)
+            for r, values in zip(refill, ahead):
+                seqs[r].uniforms, seqs[r].uniforms_from = values, offsets[r]
+        uniforms = [s.uniforms[o - s.uniforms_from] if p else None for s, o, p in zip(seqs, offsets, plain)]
+        tokens, raw, proc = sample_rows(logits, [s.params for s in seqs], [s.seed for s in seqs], offsets, uniforms)
         for s, t, lr, lp in zip(seqs, tokens.tolist(), raw.tolist(), proc.tolist()):
             s.out.token_ids.append(t)
             s.out.logprobs.append(lr)

@@ -53,6 +53,8 @@ class Completion:
     no truncation): what the trainer's ``linear_logprobs`` recomputes.
     processed_logprobs: under the distribution actually sampled from (after temperature, top-k, top-p,
     min-p); 0 for greedy.
+    sampler_logprobs: with ``Engine(exact_logprobs=True)``, the decode path's raw logprobs (``logprobs`` then
+    holds the trainer-exact re-scored values; they differ by ~1e-7); None otherwise.
     finish_reason: "stop" (EOS, a stop id or a stop string) or "length" (max_new_tokens).
     text: the decoded completion when the engine has a tokenizer, else None.
     """
@@ -60,5 +62,6 @@ class Completion:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     processed_logprobs: list[float] = field(default_factory=list)
+    sampler_logprobs: list[float] | None = None
     finish_reason: str | None = None
     text: str | None = None

@@ -1,0 +1,100 @@
+"""The engine's sampling step: ``vt_core.kernels.sample`` semantics, with sort-free paths for common rows.
+
+``sample`` (the torch reference of the fused kernel) sorts every row twice (top-k, then top-p) whatever
+the row's parameters. Most RL rows use neither: this module routes each row by its own parameters to
+
+- greedy rows (temperature 0): argmax and the raw logprob, no RNG;
+- untruncated rows (top-k off, top-p = 1; min-p allowed): the reference's own formulas without the sorts;
+- truncated rows: ``sample`` itself.
+
+Each path computes, for its rows, the same float operations as ``sample`` does for them (a filter that
+keeps every token is skipped, which leaves the values unchanged), so tokens and both logprobs are
+bitwise those of ``sample`` (tests/test_engine.py checks it), and a row's result still depends only on
+its own logits, parameters, seed and offset.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vt_core.kernels import sample
+from vt_core.kernels.sampling import philox_uniform
+
+
+def _untruncated(logits, temperature, min_p, u):
+    logits = logits.float()
+    raw = torch.log_softmax(logits, dim=-1)
+    scaled = logits / temperature.float()[:, None]
+    if bool((min_p > 0).any()):
+        probs = torch.softmax(scaled, dim=-1)
+        keep = probs >= (min_p.float()[:, None] * probs.max(dim=-1, keepdim=True).values)
+        processed = torch.log_softmax(scaled.masked_fill(~keep, float("-inf")), dim=-1)
+    else:
+        keep = None
+        processed = torch.log_softmax(scaled, dim=-1)
+    cdf = torch.cumsum(processed.exp().double(), dim=-1)
+    u = u * cdf[:, -1]
+    tokens = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+    if keep is not None:
+        tokens = torch.where(keep.gather(-1, tokens[:, None]).squeeze(-1), tokens,
+                             (keep * torch.arange(keep.shape[-1], device=keep.device)).argmax(dim=-1))
+    return tokens, raw.gather(-1, tokens[:, None]).squeeze(-1), processed.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def _greedy(logits):
+    logits = logits.float()
+    tokens = logits.argmax(dim=-1)
+    raw = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, raw, torch.zeros_like(raw)
+
+
+def uniforms_ahead(seeds: list[int], offsets: list[int], count: int) -> list[list[float]]:
+    """The Philox uniforms of offsets ``offsets[b] .. offsets[b] + count - 1`` of each stream, in one call
+    (what ``sample`` would draw at those offsets; the engine buffers them to skip a Philox call per step)."""
+    s = torch.tensor(seeds, dtype=torch.int64).repeat_interleave(count)
+    o = (torch.tensor(offsets, dtype=torch.int64)[:, None] + torch.arange(count)).reshape(-1)
+    return philox_uniform(s, o).view(len(seeds), count).tolist()
+
+
+def sample_rows(logits: torch.Tensor, params: list, seeds: list[int], offsets: list[int],
+                uniforms: list[float | None] | None = None):
+    """One token per row of logits [B, V] for rows with ``SamplingParams`` ``params[b]``, RNG stream
+    ``seeds[b]`` at ``offsets[b]``; ``uniforms[b]``, when given, is that stream's Philox uniform at that
+    offset (from :func:`uniforms_ahead`). Returns (tokens int64 [B], raw fp32 [B], processed fp32 [B])."""
+    B, V = logits.shape
+    dev = logits.device
+    kinds = ["greedy" if p.temperature <= 0 else
+             "truncated" if (0 < p.top_k < V or p.top_p < 1.0) else "plain" for p in params]
+    tokens = torch.empty(B, dtype=torch.int64, device=dev)
+    raw = torch.empty(B, dtype=torch.float32, device=dev)
+    proc = torch.empty(B, dtype=torch.float32, device=dev)
+    for kind in ("greedy", "plain", "truncated"):
+        rows = [b for b in range(B) if kinds[b] == kind]
+        if not rows:
+            continue
+        whole = len(rows) == B
+        idx = None if whole else torch.tensor(rows, device=dev)
+        sub = logits if whole else logits[idx]
+        ps = [params[b] for b in rows]
+
+        def col(values, dtype):
+            return torch.tensor(values, dtype=dtype, device=dev)
+
+        if kind == "greedy":
+            out = _greedy(sub)
+        elif kind == "plain":
+            if uniforms is not None and all(uniforms[b] is not None for b in rows):
+                u = col([uniforms[b] for b in rows], torch.float64)
+            else:
+                u = philox_uniform(col([seeds[b] for b in rows], torch.int64), col([offsets[b] for b in rows], torch.int64))
+            out = _untruncated(sub, col([p.temperature for p in ps], torch.float32),
+                               col([p.min_p for p in ps], torch.float32), u)
+        else:
+            out = sample(sub, temperature=col([p.temperature for p in ps], torch.float32),
+                         top_k=col([p.top_k for p in ps], torch.int64), top_p=col([p.top_p for p in ps], torch.float32),
+                         min_p=col([p.min_p for p in ps], torch.float32), seeds=col([seeds[b] for b in rows], torch.int64),
+                         offsets=col([offsets[b] for b in rows], torch.int64))
+        if whole:
+            return out
+        tokens[idx], raw[idx], proc[idx] = out
+    return tokens, raw, proc
