@@ -8,7 +8,7 @@ import pytest
 
 from vt_core import sandbox
 from vt_core.sandbox import Limits, SandboxPool, SandboxUnavailable, isolation, run_python
-from vt_core.sandbox.health import host_snapshot
+from vt_core.sandbox.health import host_snapshot, new_children
 from vt_core.sandbox.isolation import python_roots
 
 
@@ -157,7 +157,7 @@ def test_soak_leaves_nothing_behind():
     after = host_snapshot()
     assert {r.status for r in results} == {"ok", "error", "timeout"}
     assert after.open_fds <= before.open_fds
-    assert after.children == () and after.sandbox_processes == () and after.unsafe_tmpdirs == ()
+    assert new_children(before, after) == () and after.sandbox_processes == () and after.unsafe_tmpdirs == ()
     assert after.rss_mb - before.rss_mb < 20
 
 
@@ -165,7 +165,8 @@ def test_callback_error_still_reaps_the_run():
     def boom(line):
         raise KeyError("callback failed")
 
+    before = host_snapshot()
     with pytest.raises(KeyError, match="callback failed"):
         run_python("import os, time\nos.write(3, b'x\\n')\ntime.sleep(60)", on_result_line=boom, time_limit_s=30)
     snap = host_snapshot()
-    assert snap.children == () and snap.sandbox_processes == ()
+    assert new_children(before, snap) == () and snap.sandbox_processes == ()

@@ -16,7 +16,7 @@ import pytest
 
 from vt_core.rewards.code import code_reward
 from vt_core.sandbox import Limits, isolation, run_python
-from vt_core.sandbox.health import host_snapshot
+from vt_core.sandbox.health import host_snapshot, new_children
 
 SUM_TESTS = {"inputs": ["1 2\n", "10 20\n"], "outputs": ["3\n", "30\n"]}
 SOLVE = "a, b = map(int, input().split())\nprint(a + b)\n"
@@ -88,7 +88,7 @@ def host_unchanged():
     yield
     after = host_snapshot()
     assert after.sandbox_processes == (), "sandbox processes outlived their run"
-    assert after.children == (), "unreaped children"
+    assert new_children(before, after) == (), "unreaped children"
     assert after.open_fds <= before.open_fds
     healthy = run_python("print(6 * 7)", time_limit_s=5)
     assert (healthy.status, healthy.stdout) == ("ok", "42\n")

@@ -59,3 +59,13 @@ def host_snapshot() -> HostSnapshot:
         threads=threading.active_count(),
         rss_mb=rss_kb / 1024,
     )
+
+
+def new_children(before: HostSnapshot, after: HostSnapshot) -> tuple[tuple[int, str], ...]:
+    """Children of this process in ``after`` that were not there in ``before``.
+
+    Other parts of a long-lived process (verifier worker pools, compile workers) keep children of their
+    own; a sandbox leak is a child that appeared during the checked runs and is still there.
+    """
+    old = {pid for pid, _ in before.children}
+    return tuple(c for c in after.children if c[0] not in old)
