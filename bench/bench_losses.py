@@ -1,0 +1,259 @@
+"""Fused linear losses (forward + backward) against logits-building versions and liger-kernel.
+
+    python bench/bench_losses.py [--device cpu|cuda] [--out DIR] [--quick] [--tokens 1024 4096] [--ops rl ce]
+                                 [--contenders vt naive ...] [--warmup 1] [--repeats 3]
+
+The record goes to <out>/losses_<device>.json; --tokens and --contenders add themselves to the name
+(losses_T1024_vt_naive_cpu.json).
+
+Every contender gets the same inputs: hidden [T, D] and an LM head [V, D] (leaves with requires_grad),
+targets [T], packed sequences of ``--seq-len`` tokens whose first ``--prompt-len`` tokens are masked
+(the prompt), one advantage per sequence. One step = loss forward + backward into both gradients.
+
+Contenders, ``rl`` (GRPO: PPO clip 0.2/0.2, on-policy ratio, no KL, token-mean over completion tokens):
+
+- ``vt``: ``vt_core.kernels.linear_rl_loss`` (VT_BACKEND=auto: the chunked torch path on CPU, Triton on CUDA).
+- ``naive``: full logits [T, V] in fp32 -> log_softmax -> gather -> the same loss (``rl_loss_from_logprobs``).
+- ``liger_grpo`` / ``liger_grpo_compiled``: liger-kernel's ``LigerFusedLinearGRPOLoss`` (compiled=False /
+  True; loss_type "bnpo" = token mean over the batch's completion tokens), on the [B, L, D] view of hidden.
+- GPU only: ``vt_torch_compiled`` (torch.compile of vt's chunked torch reference), ``liger_triton_grpo``
+  (bf16 logits [B, L, V] from one matmul, then liger's Triton ``triton_grpo_loss``; it scores L-1 tokens
+  per sequence), ``gemm`` (bare LM-head matmul forward + backward with a random upstream gradient).
+
+Contenders, ``ce`` (mean next-token cross-entropy over completion tokens, ignore_index -100):
+``vt`` (``linear_cross_entropy``), ``naive`` (fp32 logits + F.cross_entropy), GPU only: ``liger_flce``
+(``LigerFusedLinearCrossEntropyLoss``; Triton-only, so it cannot run on CPU) and ``vt_torch_compiled``.
+
+Figures per contender: time (harness quantiles), ``peak_mem_mb`` (allocated during the step, gradients
+included) and ``extra_mem_mb`` = peak minus the two gradients (memory beyond inputs and their grads),
+``tflops_8TDV`` = 8*T*D*V / time (the fused-loss convention: logits forward, recompute, two grad GEMMs;
+for ``gemm`` the figure ``tflops`` counts its real 6*T*D*V). Per T, ``vs_naive`` and ``vs_liger`` ratios.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from harness import bench_argparser, measure, write_record
+from vt_core.kernels import RLLossConfig, linear_cross_entropy, linear_rl_loss, rl_loss_from_logprobs
+from vt_core.kernels.linear_logprobs import linear_token_stats
+
+SHAPES = {
+    "cpu": dict(D=1024, V=151936, tokens=(1024, 4096), dtype=torch.float32, seq_len=256, prompt_len=32),
+    "cuda": dict(D=2048, V=151936, tokens=(8192, 32768), dtype=torch.bfloat16, seq_len=1024, prompt_len=64),
+    "quick": dict(D=64, V=4099, tokens=(96,), dtype=torch.float32, seq_len=32, prompt_len=4),
+}
+NAIVE_BYTES_PER_LOGIT = 5 * 4  # fp32 logits, log-probs, their two gradients and one temporary alive at once
+
+
+class Inputs:
+    """One set of inputs shared by every contender at one T."""
+
+    def __init__(self, T: int, D: int, V: int, seq_len: int, prompt_len: int, dtype, device: str, seed: int = 0):
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        self.T, self.D, self.V, self.B, self.L = T, D, V, T // seq_len, seq_len
+        self.hidden = torch.randn(T, D, generator=g).to(device, dtype).requires_grad_()
+        self.weight = (torch.randn(V, D, generator=g) / math.sqrt(D)).to(device, dtype).requires_grad_()
+        self.targets = torch.randint(0, V, (T,), generator=g).to(device)
+        self.mask2d = torch.ones(self.B, seq_len, dtype=torch.bool)
+        self.mask2d[:, :prompt_len] = False
+        self.mask2d = self.mask2d.to(device)
+        self.loss_mask = self.mask2d.reshape(T)
+        self.seq_adv = torch.randn(self.B, generator=g).to(device)
+        self.advantages = self.seq_adv.repeat_interleave(seq_len)
+        self.cu_seqlens = torch.arange(0, T + 1, seq_len, dtype=torch.int32, device=device)
+        self.ce_targets = torch.where(self.loss_mask, self.targets, -100)
+        self.grad_mb = (self.hidden.numel() + self.weight.numel()) * self.hidden.element_size() / 2**20
+
+    def step(self, loss_fn):
+        """Forward + backward of ``loss_fn()`` (a loss, or (output, upstream gradient)); the gradients are
+        dropped at the end so every call starts equal."""
+
+        def run():
+            out = loss_fn()
+            if isinstance(out, tuple):
+                out[0].backward(out[1])
+            else:
+                out.backward()
+            self.hidden.grad = None
+            self.weight.grad = None
+
+        return run
+
+
+def naive_rl(x: Inputs, cfg: RLLossConfig):
+    logits = (x.hidden @ x.weight.t()).float()
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(1, x.targets[:, None]).squeeze(1)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    loss, _ = rl_loss_from_logprobs(logp, entropy, x.advantages, x.loss_mask, x.cu_seqlens, None, None, None, cfg)
+    return loss
+
+
+def naive_ce(x: Inputs):
+    return F.cross_entropy((x.hidden @ x.weight.t()).float(), x.ce_targets, ignore_index=-100)
+
+
+def rl_contenders(x: Inputs, device: str, compiled_ref) -> dict:
+    from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+
+    cfg = RLLossConfig()
+    fns = {
+        "vt": lambda: linear_rl_loss(x.hidden, x.weight, x.targets, x.advantages, x.loss_mask, x.cu_seqlens,
+                                     config=cfg)[0],
+        "naive": lambda: naive_rl(x, cfg),
+    }
+    for name, compiled in (("liger_grpo", False), ("liger_grpo_compiled", True)):
+        liger = LigerFusedLinearGRPOLoss(beta=0.0, compiled=compiled, use_ref_model=False, loss_type="bnpo",
+                                         epsilon_low=0.2, epsilon_high=0.2, temperature=1.0)
+        fns[name] = (lambda liger=liger: liger(x.hidden.view(x.B, x.L, x.D), x.weight,
+                                               x.targets.view(x.B, x.L), x.mask2d, x.seq_adv)[0])
+    if device == "cuda":
+        from liger_kernel.transformers.grpo_loss import triton_grpo_loss
+
+        fns["vt_torch_compiled"] = lambda: compiled_ref(x)
+        fns["liger_triton_grpo"] = lambda: triton_grpo_loss(
+            (x.hidden.view(x.B, x.L, x.D) @ x.weight.t()), None, None, x.targets.view(x.B, x.L)[:, 1:].contiguous(),
+            x.seq_adv, x.mask2d[:, 1:].contiguous(), temperature=1.0, beta=0.0, eps_low=0.2, eps_high=0.2,
+            loss_type="bnpo", reduce=True)[0]
+    return fns
+
+
+def ce_contenders(x: Inputs, device: str, compiled_ref) -> dict:
+    fns = {
+        "vt": lambda: linear_cross_entropy(x.hidden, x.weight, x.ce_targets),
+        "naive": lambda: naive_ce(x),
+    }
+    if device == "cuda":
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        flce = LigerFusedLinearCrossEntropyLoss(ignore_index=-100)
+        fns["liger_flce"] = lambda: flce(x.weight, x.hidden, x.ce_targets)
+        fns["vt_torch_compiled"] = lambda: compiled_ref(x)
+    return fns
+
+
+def _vt_torch_rl(x: Inputs):
+    stats = linear_token_stats(x.hidden, x.weight, x.targets, 1.0, entropy=True, backend="torch")
+    loss, _ = rl_loss_from_logprobs(stats.target_logit - stats.lse, stats.entropy, x.advantages, x.loss_mask,
+                                    x.cu_seqlens, None, None, None, RLLossConfig())
+    return loss
+
+
+def _vt_torch_ce(x: Inputs):
+    return linear_cross_entropy(x.hidden, x.weight, x.ce_targets, backend="torch")
+
+
+def _available_mb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("MemAvailable missing from /proc/meminfo")
+
+
+def _fits(name: str, x: Inputs, device: str, notes: list[str]) -> bool:
+    """Naive versions build [T, V] fp32 tensors: on CPU skip them (and say so) when RAM cannot hold them."""
+    if name != "naive" or device != "cpu":
+        return True
+    need_mb = x.T * x.V * NAIVE_BYTES_PER_LOGIT / 2**20
+    free_mb = _available_mb()
+    if need_mb < 0.8 * free_mb:
+        return True
+    notes.append(f"T={x.T}: naive skipped, it needs ~{need_mb:.0f} MiB and {free_mb:.0f} MiB were available")
+    return False
+
+
+def _derived(fig: dict, x: Inputs, name: str) -> dict:
+    seconds = fig["median_ms"] / 1e3
+    fig["extra_mem_mb"] = fig["peak_mem_mb"] - x.grad_mb
+    fig["tokens_per_s"] = x.T / seconds
+    if name == "gemm":
+        fig["tflops"] = 6 * x.T * x.D * x.V / seconds / 1e12
+    else:
+        fig["tflops_8TDV"] = 8 * x.T * x.D * x.V / seconds / 1e12
+    return fig
+
+
+RATIO_REFS = {"naive": "vs_naive", "liger_grpo": "vs_liger", "liger_grpo_compiled": "vs_liger_compiled",
+              "liger_flce": "vs_liger"}
+
+
+def _ratios(group: dict) -> None:
+    for ref, tag in RATIO_REFS.items():
+        if ref not in group or "median_ms" not in group[ref]:
+            continue
+        for fig in group.values():
+            if "median_ms" in fig:
+                fig[f"time_{tag}"] = fig["median_ms"] / group[ref]["median_ms"]
+                fig[f"extra_mem_{tag}"] = fig["extra_mem_mb"] / group[ref]["extra_mem_mb"]
+
+
+def main():
+    parser = bench_argparser("losses")
+    parser.add_argument("--tokens", type=int, nargs="+", help="token counts T (default: per device)")
+    parser.add_argument("--ops", nargs="+", choices=("rl", "ce"), default=["rl", "ce"])
+    parser.add_argument("--contenders", nargs="+", help="only these contenders (default: all)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per contender on CPU")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per contender on CPU")
+    args = parser.parse_args()
+    shape = SHAPES["quick" if args.quick else args.device]
+    device = args.device
+    tokens = args.tokens or shape["tokens"]
+    torch.manual_seed(0)
+    compiled = {"rl": torch.compile(_vt_torch_rl), "ce": torch.compile(_vt_torch_ce)} if device == "cuda" else {}
+    results: dict[str, dict] = {}
+    notes: list[str] = []
+    record_name = "losses" + ("" if args.tokens is None else "_T" + "_".join(map(str, tokens)))
+    record_name += "" if args.contenders is None else "_" + "_".join(args.contenders)
+    shapes = {"T": list(tokens), "D": shape["D"], "V": shape["V"], "dtype": str(shape["dtype"]),
+              "seq_len": shape["seq_len"], "prompt_len": shape["prompt_len"], "ops": args.ops}
+    if device == "cpu":
+        notes.append("CPU timings are noisy: the 2 cores are shared with 7 other agents (see load_average).")
+        notes.append("liger_flce (LigerFusedLinearCrossEntropyLoss) is Triton-only and cannot run on CPU.")
+
+    def save(done: bool):
+        """Write the record (also after every contender, so a run cut short keeps what it measured)."""
+        status = [] if done else ["PARTIAL: written before the run finished."]
+        return write_record(record_name, args, shapes=shapes, results=results, notes=" ".join(notes + status))
+
+    for T in tokens:
+        x = Inputs(T, shape["D"], shape["V"], shape["seq_len"], shape["prompt_len"], shape["dtype"], device)
+        for op in args.ops:
+            fns = (rl_contenders if op == "rl" else ce_contenders)(x, device, compiled.get(op))
+            if device == "cuda" and op == "rl":
+                grad_logits = torch.randn(T, x.V, device=device, dtype=x.hidden.dtype)
+                fns["gemm"] = lambda: (x.hidden @ x.weight.t(), grad_logits)
+            group = {}
+            for name, fn in fns.items():
+                if args.contenders and name not in args.contenders:
+                    continue
+                if not _fits(name, x, device, notes):
+                    continue
+                run = x.step(fn)
+                try:
+                    fig = measure(run, device=device, warmup=args.warmup, repeats=args.repeats)
+                except torch.cuda.OutOfMemoryError:
+                    group[name] = {"oom": True}
+                    torch.cuda.empty_cache()
+                    continue
+                group[name] = _derived(fig, x, name)
+                results[f"{op}/T={T}/{name}"] = group[name]
+                save(done=False)
+                print(f"T={T} {op:>2} {name:<22} {fig['median_ms']:10.1f} ms  peak {fig['peak_mem_mb']:9.1f} MiB"
+                      f"  extra {fig['extra_mem_mb']:9.1f} MiB", flush=True)
+            _ratios(group)
+            results.update({f"{op}/T={T}/{name}": fig for name, fig in group.items()})
+            if device == "cuda":
+                del fns
+                torch.cuda.empty_cache()
+    path = save(done=True)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
