@@ -8,6 +8,7 @@ namespace py = pybind11;
 
 namespace vt {
 void register_packing(py::module_& m);
+void register_sampling(py::module_& m);
 }  // namespace vt
 
 PYBIND11_MODULE(_C, m) {
@@ -17,4 +18,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_count", &vt::cuda_device_count,
         "Number of visible CUDA devices (0 without a driver or GPU, or without a CUDA build)");
   vt::register_packing(m);
+  vt::register_sampling(m);
 }
