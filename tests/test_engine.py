@@ -176,3 +176,19 @@ def test_contiguous_decode_mirror_equals_paged_attention(pair, max_batch):
             torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="decode_attention"):
         Engine(model, decode_attention="flash")
+
+
+def test_on_finish_reports_each_sample_once_as_it_finishes(pair):
+    _, model = pair
+    seen = []
+
+    def record(p, j, completion):
+        seen.append((p, j, completion.finish_reason, list(completion.token_ids), completion.text))
+
+    engine = Engine(model, tokenizer=_CharTokenizer(), eos_token_id=[])
+    params = [SamplingParams(temperature=1.0, max_new_tokens=m, seed=s) for m, s in ((3, 1), (9, 2))]
+    out = engine.generate([PROMPTS[0], PROMPTS[1]], params, n=2, on_finish=record)
+    assert sorted((p, j) for p, j, *_ in seen) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [p for p, *_ in seen[:2]] == [0, 0]  # the 3-token request finishes first, mid-generation
+    for p, j, reason, ids, text in seen:
+        assert reason == "length" and ids == out[p][j].token_ids and text == out[p][j].text

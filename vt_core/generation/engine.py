@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 
 import torch
 
@@ -50,9 +51,10 @@ def derive_seed(seed: int, index: int) -> int:
 class _Seq:
     """One sample in flight."""
 
-    def __init__(self, req: int, prompt: list[int], params: SamplingParams, seed: int, stop_ids: frozenset,
-                 out: Completion):
+    def __init__(self, req: int, index: int, prompt: list[int], params: SamplingParams, seed: int,
+                 stop_ids: frozenset, out: Completion):
         self.req = req
+        self.index = index  # which of the request's n samples
         self.prompt = prompt
         self.params = params
         self.seed = seed
@@ -118,6 +120,7 @@ class Engine:
         eos = [] if eos_token_id is None else (eos_token_id if isinstance(eos_token_id, list) else [eos_token_id])
         self.eos_ids = frozenset(int(e) for e in eos)
         self.exact_logprobs = exact_logprobs
+        self._on_finish: Callable[[int, int, Completion], None] | None = None
         if decode_attention not in ("auto", "paged", "contiguous"):
             raise ValueError(f"Engine: decode_attention must be 'auto', 'paged' or 'contiguous', got {decode_attention!r}")
         if decode_attention == "auto":
@@ -147,8 +150,14 @@ class Engine:
     # -- public entry ---------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
-                 n: int = 1) -> list[list[Completion]]:
-        """Generate n completions for each prompt (token id lists). Returns one list of n per prompt."""
+                 n: int = 1, on_finish: Callable[[int, int, Completion], None] | None = None) -> list[list[Completion]]:
+        """Generate n completions for each prompt (token id lists). Returns one list of n per prompt.
+
+        ``on_finish(prompt_index, sample_index, completion)`` is called as soon as a sample finishes (its
+        token ids, finish reason and text are final then), so rewards can be scored while the other samples
+        are still generating. With ``exact_logprobs`` the completion's logprobs are replaced by the
+        re-scoring pass after the last sample finishes.
+        """
         params = params if params is not None else SamplingParams()
         plist = params if isinstance(params, list) else [params] * len(prompts)
         if len(plist) != len(prompts):
@@ -168,19 +177,19 @@ class Engine:
             if p.stop and self.tokenizer is None:
                 raise ValueError("generate: stop strings need an Engine with a tokenizer")
         results = [[Completion() for _ in range(n)] for _ in prompts]
-        waiting: deque = deque(("prompt", i) for i in range(len(prompts)))
-        running: list[_Seq] = []
-        while waiting or running:
-            self._admit(waiting, running, prompts, plist, n, results)
-            if running:
-                self._decode(running, waiting)
-        self.workspace = None
+        self._on_finish = on_finish
+        try:
+            waiting: deque = deque(("prompt", i) for i in range(len(prompts)))
+            running: list[_Seq] = []
+            while waiting or running:
+                self._admit(waiting, running, prompts, plist, n, results)
+                if running:
+                    self._decode(running, waiting)
+            self.workspace = None
+        finally:
+            self._on_finish = None
         if self.exact_logprobs:
             self._rescore(prompts, results)
-        if self.tokenizer is not None:
-            for group in results:
-                for c in group:
-                    c.text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
         return results
 
     def _rescore(self, prompts, results) -> None:
@@ -258,7 +267,7 @@ class Engine:
             base = p.seed if p.seed is not None else int(torch.randint(0, 2**62, ()).item())
             stop_ids = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else self.eos_ids)
             for j in range(n):
-                seq = _Seq(item, prompts[item], p, derive_seed(base, j), stop_ids, results[item][j])
+                seq = _Seq(item, j, prompts[item], p, derive_seed(base, j), stop_ids, results[item][j])
                 if j == 0:
                     seq.blocks = blocks
                 else:
@@ -356,6 +365,10 @@ class Engine:
                 s.out.finish_reason = reason
                 self.cache.allocator.release(s.blocks)
                 s.blocks = []
+                if self.tokenizer is not None:
+                    s.out.text = self.tokenizer.decode(s.out.token_ids, skip_special_tokens=True)
+                if self._on_finish is not None:
+                    self._on_finish(s.req, s.index, s.out)
 
     def _finish_reason(self, seq: _Seq, token: int) -> str | None:
         if token in seq.stop_ids:

@@ -192,13 +192,18 @@ class RLTrainer(TrainerCore):
         gen_model.eval()
         engine = self.make_engine(gen_model)
         seeds = [derive_seed(self.cfg.run.seed, self.step * 1_000_003 + i) for _, i in mine]
+        futures = {}
+
+        def score_when_done(p: int, j: int, completion) -> None:  # rewards run while others still generate
+            futures[p, j] = self.scorer.submit(self.problems[mine[p][1]], completion.text)
+
         t0 = time.perf_counter()
-        outs = engine.generate([self.prompt_ids(i) for _, i in mine], [self.sampling_params(s) for s in seeds], n=n)
+        outs = engine.generate([self.prompt_ids(i) for _, i in mine], [self.sampling_params(s) for s in seeds], n=n,
+                               on_finish=score_when_done)
         gen_s = time.perf_counter() - t0
         engine.free_cache()
         gen_model.train(was_training)
-        futures = [[self.scorer.submit(self.problems[i], c.text) for c in group] for (_, i), group in zip(mine, outs)]
-        rewards = [[f.result().reward for f in row] for row in futures]
+        rewards = [[futures[p, j].result().reward for j in range(n)] for p in range(len(mine))]
         return {"positions": [pos for pos, _ in mine], "indices": [i for _, i in mine], "outputs": outs,
                 "rewards": rewards, "gen_s": gen_s, "score_s": time.perf_counter() - t0 - gen_s}
 
