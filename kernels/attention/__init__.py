@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .._dispatch import resolve_backend
+from .external import external_packed_attention, requested_attn_backend
 from .paged import paged_decode_attention, paged_decode_attention_reference, write_kv_cache, write_kv_cache_reference
 from .reference import packed_attention_reference
 from .varlen import packed_attention_triton
@@ -32,7 +33,8 @@ def packed_attention(
     longest document (an int, or a 0-d tensor). Returns o [T, H, d] in the dtype of q.
     Tokens attend only within their own document: causally when ``causal``; with ``window`` = w, query i
     sees keys j with i - w < j <= i (causal) or |i - j| < w (non-causal). ``softmax_scale`` defaults to
-    1/sqrt(d). Differentiable in q, k and v.
+    1/sqrt(d). Differentiable in q, k and v. ``VT_ATTN_BACKEND=flash_attn|xformers`` hands the call to
+    those libraries where installed (see ``external.py``).
     """
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(f"packed_attention: q, k, v must be [T, H, d]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -46,6 +48,9 @@ def packed_attention(
         raise ValueError(f"packed_attention: cu_seqlens is on {cu_seqlens.device} but q on {q.device}")
     if window is not None and window < 1:
         raise ValueError(f"packed_attention: window must be >= 1 or None, got {window}")
+    external = requested_attn_backend()
+    if external != "vt":
+        return external_packed_attention(external, q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, window)
     backend = resolve_backend("packed_attention", q)
     if backend == "torch":
         return packed_attention_reference(q, k, v, cu_seqlens, causal=causal, softmax_scale=softmax_scale, window=window)
