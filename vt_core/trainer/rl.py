@@ -15,6 +15,7 @@ on-policy; with ``algo.updates_per_batch > 1`` old logprobs are recomputed once 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -172,11 +173,21 @@ class RLTrainer(TrainerCore):
             return self.model
         full = full_state_dict(self.model, self.rt)
         copy = vt_model.from_config(self.model.config.hf_config, dtype=self.rt.compute_dtype, device=self.rt.device)
-        copy.load_state_dict({k: v.to(self.rt.device) for k, v in full.items()}, strict=False)
+        copy.load_state_dict({k: v.to(self.rt.device) for k, v in full.items()})
         return copy.eval()
 
-    def make_engine(self, model) -> Engine:
-        return Engine(model, self.tokenizer, max_tokens_in_cache=self.cfg.gen.kv_cache_tokens)
+    @contextmanager
+    def generation_phase(self):
+        """An Engine over the current weights, in eval mode; its KV cache is freed when the phase ends."""
+        model = self.generation_model()
+        was_training = model.training
+        model.eval()
+        engine = Engine(model, self.tokenizer, max_tokens_in_cache=self.cfg.gen.kv_cache_tokens)
+        try:
+            yield engine
+        finally:
+            engine.free_cache()
+            model.train(was_training)
 
     def sampling_params(self, seed: int, temperature: float | None = None) -> SamplingParams:
         g = self.cfg.gen
@@ -187,10 +198,6 @@ class RLTrainer(TrainerCore):
         """Generate and score this process's share of ``indices``; returns per-sample lists."""
         rt, n = self.rt, self.cfg.data.group_size
         mine = [(pos, i) for pos, i in enumerate(indices) if pos % rt.world_size == rt.rank]
-        gen_model = self.generation_model()
-        was_training = gen_model.training
-        gen_model.eval()
-        engine = self.make_engine(gen_model)
         seeds = [derive_seed(self.cfg.run.seed, self.step * 1_000_003 + i) for _, i in mine]
         futures = {}
 
@@ -198,11 +205,10 @@ class RLTrainer(TrainerCore):
             futures[p, j] = self.scorer.submit(self.problems[mine[p][1]], completion.text)
 
         t0 = time.perf_counter()
-        outs = engine.generate([self.prompt_ids(i) for _, i in mine], [self.sampling_params(s) for s in seeds], n=n,
-                               on_finish=score_when_done)
+        with self.generation_phase() as engine:
+            outs = engine.generate([self.prompt_ids(i) for _, i in mine], [self.sampling_params(s) for s in seeds],
+                                   n=n, on_finish=score_when_done)
         gen_s = time.perf_counter() - t0
-        engine.free_cache()
-        gen_model.train(was_training)
         rewards = [[futures[p, j].result().reward for j in range(n)] for p in range(len(mine))]
         return {"positions": [pos for pos, _ in mine], "indices": [i for _, i in mine], "outputs": outs,
                 "rewards": rewards, "gen_s": gen_s, "score_s": time.perf_counter() - t0 - gen_s}
@@ -301,15 +307,10 @@ class RLTrainer(TrainerCore):
         evaluate a share; rank 0 prints)."""
         rt, e = self.rt, self.cfg.eval
         mine = [(i, p) for i, p in enumerate(self.heldout) if i % rt.world_size == rt.rank]
-        model = self.generation_model()
-        was_training = model.training
-        model.eval()
-        engine = self.make_engine(model)
         params = self.sampling_params(0, temperature=e.temperature)
-        res = evaluate(engine, self.tokenizer, [p for _, p in mine], k=e.samples, params=params,
-                       ks=(1, e.samples), scorer=self.scorer, seed=10_000 + rt.rank)
-        engine.free_cache()
-        model.train(was_training)
+        with self.generation_phase() as engine:
+            res = evaluate(engine, self.tokenizer, [p for _, p in mine], k=e.samples, params=params,
+                           ks=(1, e.samples), scorer=self.scorer, seed=10_000 + rt.rank)
         rows = {i: [r > 0.5 for r in row] for (i, _), row in zip(mine, res["rewards"])}
         if rt.distributed:
             parts = [None] * rt.world_size
