@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from vt_core import model as vt_model
 from vt_core.checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vt_core.config import format_config, save_config
 from vt_core.data import check_vocab, load_tokenizer, tiny_model_config_path, tiny_tokenizer_path
+from vt_core.generation import Engine
 from vt_core.metrics import MetricsLogger
 from vt_core.optim import MasterAdamW, lr_at
 from vt_core.trainer.runtime import Runtime, full_state_dict, seed_everything, setup_runtime, shard_model
@@ -163,6 +165,32 @@ class TrainerCore:
 
     def done(self) -> bool:
         return self.step >= self.cfg.run.max_steps or self.out_of_time()
+
+    # -- generation -----------------------------------------------------------------------------
+    def generation_model(self, weights: dict[str, torch.Tensor] | None = None):
+        """The model an Engine runs: the training model itself on one process; under FSDP2 an unsharded copy
+        built from ``weights`` (a full state dict already gathered, e.g. for saving too) or gathered now
+        (collective: every process must call it then)."""
+        if not self.rt.distributed:
+            return self.model
+        full = weights if weights is not None else full_state_dict(self.model, self.rt)
+        copy = vt_model.from_config(self.model.config.hf_config, dtype=self.rt.compute_dtype, device=self.rt.device)
+        copy.load_state_dict({k: v.to(self.rt.device) for k, v in full.items()})
+        return copy
+
+    @contextmanager
+    def generation_phase(self, kv_cache_tokens: int, weights: dict[str, torch.Tensor] | None = None):
+        """An Engine over the current weights in eval mode; its KV cache is freed and the training mode
+        restored when the phase ends."""
+        model = self.generation_model(weights)
+        was_training = model.training
+        model.eval()
+        engine = Engine(model, self.tokenizer, max_tokens_in_cache=kv_cache_tokens)
+        try:
+            yield engine
+        finally:
+            engine.free_cache()
+            model.train(was_training)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _optimizer_state(self):

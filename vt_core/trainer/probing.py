@@ -29,9 +29,8 @@ from pathlib import Path
 
 import torch
 
-from vt_core import model as vt_model
 from vt_core.eval import evaluate
-from vt_core.generation import Engine, SamplingParams
+from vt_core.generation import SamplingParams
 from vt_core.merge import merge_checkpoints
 from vt_core.trainer.rl import load_problems
 from vt_core.trainer.runtime import full_state_dict
@@ -86,14 +85,6 @@ class DiversityProber:
         if self.cfg.every and (trainer.step % self.cfg.every == 0 or trainer.done()):
             self.probe(trainer)
 
-    def _generation_model(self, trainer, weights):
-        if not trainer.rt.distributed:
-            return trainer.model
-        copy = vt_model.from_config(trainer.model.config.hf_config, dtype=trainer.rt.compute_dtype,
-                                    device=trainer.rt.device)
-        copy.load_state_dict({k: v.to(trainer.rt.device) for k, v in weights.items()}, strict=False)
-        return copy
-
     def probe(self, trainer) -> dict:
         """Probe the trainer's current model (collective: every process calls it; rank 0 evaluates and saves).
         Returns {subdomain: pass@k} on rank 0 (empty elsewhere)."""
@@ -101,16 +92,10 @@ class DiversityProber:
         scores: dict[str, float] = {}
         if trainer.rt.is_main:
             c = self.cfg
-            model = self._generation_model(trainer, weights)
-            was_training = model.training
-            model.eval()
-            engine = Engine(model, trainer.tokenizer, max_tokens_in_cache=c.kv_cache_tokens)
             params = SamplingParams(temperature=c.temperature, max_new_tokens=c.max_new_tokens)
-            with torch.no_grad():
+            with torch.no_grad(), trainer.generation_phase(c.kv_cache_tokens, weights) as engine:
                 res = evaluate(engine, trainer.tokenizer, self.problems, k=c.k, params=params, ks=(1, c.k),
                                seed=4242 + trainer.step)
-            engine.free_cache()
-            model.train(was_training)
             scores = {sub: r[f"pass@{c.k}"] for sub, r in res["by_subdomain"].items()}
             improved = [sub for sub, v in scores.items() if sub not in self.best or v > self.best[sub]["score"]]
             for sub in improved:

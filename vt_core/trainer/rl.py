@@ -15,7 +15,6 @@ on-policy; with ``algo.updates_per_batch > 1`` old logprobs are recomputed once 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -23,12 +22,11 @@ import torch
 from vt_core import model as vt_model
 from vt_core.data import pack_rl
 from vt_core.eval import encode_prompt, evaluate, summarize
-from vt_core.generation import Engine, SamplingParams, derive_seed
+from vt_core.generation import SamplingParams, derive_seed
 from vt_core.kernels import RLLossConfig, group_advantages, linear_logprobs, linear_rl_loss
 from vt_core.rewards.scorer import RewardScorer
 from vt_core.rewards.shaping import apply_overlong_penalty, long2short
 from vt_core.trainer.common import ModelSection, OptimSection, RunSection, TrainerCore
-from vt_core.trainer.runtime import full_state_dict
 
 
 @dataclass
@@ -167,28 +165,6 @@ class RLTrainer(TrainerCore):
         return out
 
     # -- generation -----------------------------------------------------------------------------
-    def generation_model(self):
-        """The model the engine runs: the training model itself on one process, else a gathered copy."""
-        if not self.rt.distributed:
-            return self.model
-        full = full_state_dict(self.model, self.rt)
-        copy = vt_model.from_config(self.model.config.hf_config, dtype=self.rt.compute_dtype, device=self.rt.device)
-        copy.load_state_dict({k: v.to(self.rt.device) for k, v in full.items()})
-        return copy.eval()
-
-    @contextmanager
-    def generation_phase(self):
-        """An Engine over the current weights, in eval mode; its KV cache is freed when the phase ends."""
-        model = self.generation_model()
-        was_training = model.training
-        model.eval()
-        engine = Engine(model, self.tokenizer, max_tokens_in_cache=self.cfg.gen.kv_cache_tokens)
-        try:
-            yield engine
-        finally:
-            engine.free_cache()
-            model.train(was_training)
-
     def sampling_params(self, seed: int, temperature: float | None = None) -> SamplingParams:
         g = self.cfg.gen
         return SamplingParams(temperature=g.temperature if temperature is None else temperature, top_p=g.top_p,
@@ -205,7 +181,7 @@ class RLTrainer(TrainerCore):
             futures[p, j] = self.scorer.submit(self.problems[mine[p][1]], completion.text)
 
         t0 = time.perf_counter()
-        with self.generation_phase() as engine:
+        with self.generation_phase(self.cfg.gen.kv_cache_tokens) as engine:
             outs = engine.generate([self.prompt_ids(i) for _, i in mine], [self.sampling_params(s) for s in seeds],
                                    n=n, on_finish=score_when_done)
         gen_s = time.perf_counter() - t0
@@ -308,7 +284,7 @@ class RLTrainer(TrainerCore):
         rt, e = self.rt, self.cfg.eval
         mine = [(i, p) for i, p in enumerate(self.heldout) if i % rt.world_size == rt.rank]
         params = self.sampling_params(0, temperature=e.temperature)
-        with self.generation_phase() as engine:
+        with self.generation_phase(self.cfg.gen.kv_cache_tokens) as engine:
             res = evaluate(engine, self.tokenizer, [p for _, p in mine], k=e.samples, params=params,
                            ks=(1, e.samples), scorer=self.scorer, seed=10_000 + rt.rank)
         rows = {i: [r > 0.5 for r in row] for (i, _), row in zip(mine, res["rewards"])}
