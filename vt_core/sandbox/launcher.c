@@ -165,14 +165,15 @@ static char *in_root(char *buf, size_t n, const char *path) {
     return buf;
 }
 
-/* Show the allowed host path inside the new root: a read-only bind, or the same symlink. */
-static void allow_path(const char *host) {
-    char target[PATH_MAX], link[PATH_MAX];
+/* Show the allowed host path inside the new root: a read-only bind, or the same symlink. The host path
+ * was opened (O_PATH) before NEW_ROOT covered /tmp, so paths under the host's /tmp work too. */
+static void allow_path(const char *host, int fd) {
+    char target[PATH_MAX], link[PATH_MAX], source[64];
     struct stat st;
-    if (lstat(host, &st)) return; /* absent on this machine */
+    if (fd < 0 || fstat(fd, &st)) return; /* absent on this machine */
     in_root(target, sizeof target, host);
     if (S_ISLNK(st.st_mode)) {
-        ssize_t n = readlink(host, link, sizeof link - 1);
+        ssize_t n = readlinkat(fd, "", link, sizeof link - 1);
         if (n < 0) die(host);
         link[n] = 0;
         char *slash = strrchr(target, '/');
@@ -184,8 +185,13 @@ static void allow_path(const char *host) {
     }
     if (!S_ISDIR(st.st_mode)) return;
     mkdirs(target);
-    if (mount(host, target, NULL, MS_BIND | MS_REC, NULL)) die(host);
+    snprintf(source, sizeof source, "/proc/self/fd/%d", fd);
+    if (mount(source, target, NULL, MS_BIND | MS_REC, NULL)) die(host);
     make_readonly(target);
+}
+
+static int under_tmp(const char *p) {
+    return !strncmp(p, "/tmp/", 5) || !strcmp(p, "/tmp");
 }
 
 /* The filesystem as the program sees it: a fresh tmpfs root with the allowed paths, a new /proc, a
@@ -193,9 +199,12 @@ static void allow_path(const char *host) {
  * working dir is /tmp/work); then pivot_root into it and detach the host's root. */
 static void build_filesystem(void) {
     char path[PATH_MAX], opts[128];
+    int allow_fd[MAX_LIST];
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) die("make mounts private");
+    for (int i = 0; i < cfg.n_allow; i++) allow_fd[i] = open(cfg.allow[i], O_PATH | O_NOFOLLOW | O_CLOEXEC);
     tmpfs(NEW_ROOT, MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755");
-    for (int i = 0; i < cfg.n_allow; i++) allow_path(cfg.allow[i]);
+    for (int i = 0; i < cfg.n_allow; i++)
+        if (!under_tmp(cfg.allow[i])) allow_path(cfg.allow[i], allow_fd[i]);
 
     mkdirs(in_root(path, sizeof path, "/proc"));
     if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL)) die("mount /proc");
@@ -224,6 +233,12 @@ static void build_filesystem(void) {
     tmpfs(path, MS_NOSUID | MS_NODEV, opts);
     in_root(path, sizeof path, "/tmp/work");
     if (mkdir(path, 0700) || chown(path, cfg.uid, cfg.gid)) die(path);
+    /* allowed paths under /tmp (e.g. a checkout there) go on top of the private /tmp, not under it */
+    for (int i = 0; i < cfg.n_allow; i++)
+        if (under_tmp(cfg.allow[i])) allow_path(cfg.allow[i], allow_fd[i]);
+    for (int i = 0; i < cfg.n_allow; i++)
+        if (allow_fd[i] >= 0) close(allow_fd[i]);
+    in_root(path, sizeof path, "/tmp/work");
     for (int i = 0; i < cfg.n_file; i++) {
         char file[PATH_MAX + 300];
         snprintf(file, sizeof file, "%s/%s", path, cfg.file_name[i]);
