@@ -201,3 +201,16 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="vocab mismatch"):
         SFTTrainer(apply_overrides(SFTConfig(), _sft_args(bad, tmp_path / "o", extra=("--model.path", str(small),
                                                                           "--model.tokenizer", str(tiny_tokenizer_path())))))
+
+
+def test_rl_code_runs_on_two_processes(tmp_path):
+    """The main job under torchrun with 2 processes: every rank generates with the gathered full weights."""
+    script = Path(__file__).resolve().parents[1] / "recipes" / "rl_code.py"
+    args = ["--warmstart.steps", "2", "--warmstart.dir", str(tmp_path / "ws"), "--warmstart.max_examples", "200",
+            "--run.max_steps", "1", "--eval.problems", "4", "--eval.samples", "2", "--data.prompts_per_step", "4",
+            "--data.group_size", "2", "--run.out_dir", str(tmp_path / "rl"), "--run.progress", "false"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "held-out pass@1 before:" in res.stdout and "held-out pass@1 after:" in res.stdout
+    assert (tmp_path / "rl" / "final" / "config.json").is_file()

@@ -169,11 +169,11 @@ class TrainerCore:
     # -- generation -----------------------------------------------------------------------------
     def generation_model(self, weights: dict[str, torch.Tensor] | None = None):
         """The model an Engine runs: the training model itself on one process; under FSDP2 an unsharded copy
-        built from ``weights`` (a full state dict already gathered, e.g. for saving too) or gathered now
+        built from ``weights`` (a full state dict this rank already holds) or gathered onto every rank now
         (collective: every process must call it then)."""
         if not self.rt.distributed:
             return self.model
-        full = weights if weights is not None else full_state_dict(self.model, self.rt)
+        full = weights if weights is not None else full_state_dict(self.model, self.rt, all_ranks=True)
         copy = vt_model.from_config(self.model.config.hf_config, dtype=self.rt.compute_dtype, device=self.rt.device)
         copy.load_state_dict({k: v.to(self.rt.device) for k, v in full.items()})
         return copy

@@ -102,13 +102,18 @@ def shard_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     return model
 
 
-def full_state_dict(model: torch.nn.Module, rt: Runtime) -> dict[str, torch.Tensor]:
-    """Unsharded CPU copy of the model's parameters (collective under FSDP2: call on every rank)."""
+def full_state_dict(model: torch.nn.Module, rt: Runtime, all_ranks: bool = False) -> dict[str, torch.Tensor]:
+    """Unsharded copy of the model's parameters (collective under FSDP2: call on every rank).
+
+    By default on CPU and on rank 0 only (other ranks get an empty dict: what saving needs); with
+    ``all_ranks`` every rank gets the full tensors on its device (what per-rank generation needs).
+    """
     if not rt.distributed:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks)
+    return get_model_state_dict(model, options=options)
 
 
 def cleanup(rt: Runtime) -> None:
