@@ -325,34 +325,26 @@ class DistillTrainer(SFTTrainer):
     def train_step(self, examples) -> dict:
         if self.cfg.distill.mode == "sft":
             return super().train_step(examples)
-        rt, d = self.rt, self.cfg.distill
+        d = self.cfg.distill
         by_teacher: dict[int, list] = {}
         for e in examples:
             by_teacher.setdefault(self.teacher_of_row[e.row], []).append(e)
         micro = [(t, b) for t in sorted(by_teacher)
                  for b in pack_examples(by_teacher[t], self.cfg.data.max_tokens, overflow=self.cfg.data.overflow)]
-        global_tokens = sum(int((b.targets != -100).sum()) for _, b in micro)
-        loss_sum, tokens = 0.0, 0
-        for t, batch in micro[rt.rank :: rt.world_size]:
-            b = batch.to(rt.device)
-            mask = b.targets != -100
+
+        def summed_kl(t: int, b) -> torch.Tensor:
             teacher = self.teachers[t]
             with torch.no_grad():
                 t_hidden = teacher(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen)
             hidden = self.model(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen)
             weight = self.model.lm_head_weight  # after forward: unsharded under FSDP2
             loss = linear_kl_distill(hidden, weight, t_hidden.to(hidden.dtype), teacher.lm_head_weight.to(hidden.dtype),
-                                     mask, temperature=d.temperature, kind=d.kind, reduction="sum")
+                                     b.loss_mask, temperature=d.temperature, kind=d.kind, reduction="sum")
             if d.ce_weight:
                 loss = loss + d.ce_weight * linear_cross_entropy(hidden, weight, b.targets, reduction="sum")
-            loss = loss / max(global_tokens, 1)
-            self.backward(loss, 1.0)
-            loss_sum += float(loss.detach()) * global_tokens
-            tokens += b.num_tokens
-        loss_sum, tokens = rt.all_reduce_sum([loss_sum, float(tokens)])
-        loss_value = loss_sum / max(global_tokens, 1)
-        stats = self.optimizer_step(loss_value)
-        return {"loss": loss_value, "tokens": tokens, "loss_tokens": global_tokens, **stats}
+            return loss
+
+        return self.step_over(micro, summed_kl)
 
 
 def build_selection(cfg: DistillConfig) -> dict:

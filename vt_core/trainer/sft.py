@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vt_core.data import TokenizedExample, load_examples, pack_examples, tokenize_row
+from vt_core.data import PackedBatch, TokenizedExample, load_examples, pack_examples, tokenize_row
 from vt_core.kernels import linear_cross_entropy
 from vt_core.trainer.common import ModelSection, OptimSection, RunSection, TrainerCore
 
@@ -99,16 +99,26 @@ class SFTTrainer(TrainerCore):
 
     def train_step(self, examples: list[TokenizedExample]) -> dict:
         """Forward/backward over the global batch of examples, then one optimizer step."""
-        rt = self.rt
         micro = pack_examples(examples, self.cfg.data.max_tokens, overflow=self.cfg.data.overflow)
-        global_tokens = sum(int(b.loss_mask.sum()) for b in micro)
-        mine = micro[rt.rank :: rt.world_size]
-        loss_sum, tokens = 0.0, 0
-        for batch in mine:
-            batch = batch.to(rt.device)
+
+        def summed_ce(_, batch) -> torch.Tensor:
             hidden = self.model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen)
             weight = self.model.lm_head_weight  # after forward: unsharded under FSDP2
-            loss = linear_cross_entropy(hidden, weight, batch.targets, reduction="sum") / max(global_tokens, 1)
+            return linear_cross_entropy(hidden, weight, batch.targets, reduction="sum")
+
+        return self.step_over([(None, b) for b in micro], summed_ce)
+
+    def step_over(self, micro: list[tuple[object, PackedBatch]], summed_loss) -> dict:
+        """One optimizer step over the global batch ``micro`` of (key, PackedBatch) pairs, the same list on
+        every process: this process takes items i % world_size == rank, and backpropagates each one's
+        ``summed_loss(key, batch_on_device)`` divided by the global number of loss tokens, so the step sees
+        the token mean over the whole global batch. Returns the step's metrics."""
+        rt = self.rt
+        global_tokens = sum(int(b.loss_mask.sum()) for _, b in micro)
+        loss_sum, tokens = 0.0, 0
+        for key, batch in micro[rt.rank :: rt.world_size]:
+            batch = batch.to(rt.device)
+            loss = summed_loss(key, batch) / max(global_tokens, 1)
             self.backward(loss, 1.0)
             loss_sum += float(loss.detach()) * global_tokens
             tokens += batch.num_tokens
