@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 
 from vt_core.model import ModelConfig, _resolve_dtype
 from vt_core.model_io import COMPANION_FILES, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, SINGLE_FILE, _plan_shards
-from vt_core.model_io import checkpoint_files, read_config
+from vt_core.model_io import checkpoint_files, names_by_file, read_config
 
 # Files that define the token <-> id mapping; chat templates and generation settings may differ freely.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
@@ -108,12 +108,8 @@ def tokenizer_fingerprint(folder: str) -> dict[str, str]:
 
 def tensor_index(folder: str) -> dict[str, TensorInfo]:
     """Name -> TensorInfo for every tensor of a checkpoint folder, from the safetensors headers only."""
-    files = checkpoint_files(folder)
     out: dict[str, TensorInfo] = {}
-    by_file: dict[str, list[str]] = {}
-    for name, file in files.items():
-        by_file.setdefault(file, []).append(name)
-    for file, names in by_file.items():
+    for file, names in names_by_file(checkpoint_files(folder)).items():
         with safe_open(file, framework="pt") as f:
             for name in names:
                 sl = f.get_slice(name)

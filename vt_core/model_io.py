@@ -79,12 +79,17 @@ def checkpoint_files(folder: str) -> dict[str, str]:
         return {name: single for name in f.keys()}
 
 
-def iter_tensors(files: Mapping[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` one tensor at a time (memory-mapped CPU tensors), file by file."""
+def names_by_file(files: Mapping[str, str]) -> dict[str, list[str]]:
+    """Invert ``checkpoint_files``: file -> the tensor names it holds (in the mapping's order)."""
     by_file: dict[str, list[str]] = {}
     for name, file in files.items():
         by_file.setdefault(file, []).append(name)
-    for file, names in by_file.items():
+    return by_file
+
+
+def iter_tensors(files: Mapping[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` one tensor at a time (memory-mapped CPU tensors), file by file."""
+    for file, names in names_by_file(files).items():
         with safe_open(file, framework="pt") as f:
             for name in names:
                 yield name, f.get_tensor(name)
