@@ -5,7 +5,10 @@
 - ``@pytest.mark.gpu`` tests are skipped without CUDA; ``@pytest.mark.slow`` marks long tests (they still run).
 """
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -28,3 +31,18 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def load_recipe():
+    """Import recipes/<name>.py as a module (recipes/ is not a package) to call its main(argv) in-process."""
+
+    def load(name: str):
+        path = Path(__file__).resolve().parent.parent / "recipes" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import itertools
 import json
 import math
 import pickle
-import sys
 import zlib
-from pathlib import Path
 
 import pytest
 
@@ -20,16 +17,6 @@ from vt_core.eval import summarize
 from vt_core.generation import Completion, SamplingParams
 from vt_core.rewards.code_formats import problem_tests
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_recipe(name: str):
-    """Import recipes/<name>.py as a module (recipes/ is not a package) to call its main(argv) in-process."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_pass_at_k_equals_exact_enumeration():
@@ -142,7 +129,7 @@ def test_evaluate_scores_samples_with_the_verifier():
     assert math.isclose(res["by_subdomain"]["algebra"]["pass@1"], 2 / 3)
 
 
-def test_eval_recipe_end_to_end(tmp_path, capsys):
+def test_eval_recipe_end_to_end(tmp_path, capsys, load_recipe):
     math_rows = [
         {"id": f"m{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i), "verifier": "math",
          "subdomain": "arithmetic" if i % 2 else "doubling"} for i in range(3)

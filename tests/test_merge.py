@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib.util
 import json
 import os
 import shutil
@@ -20,17 +19,7 @@ from vt_core.merge import MergeError, check_weights, merge_checkpoints, tokenize
 from vt_core.model import from_config, load
 from vt_core.model_io import checkpoint_files, iter_tensors
 
-REPO = Path(__file__).resolve().parent.parent
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-def load_recipe(name: str):
-    """Import recipes/<name>.py as a module (recipes/ is not a package) to call its main(argv) in-process."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_ckpt(folder: Path, seed: int, config=None, dtype=None) -> Path:
@@ -189,7 +178,7 @@ def test_merge_peak_memory_is_bounded(tmp_path):
         torch.testing.assert_close(t, sum(p[name] for p in held) / n, rtol=0, atol=1e-7)
 
 
-def test_merge_recipe_cli(ckpts, tmp_path):
+def test_merge_recipe_cli(ckpts, tmp_path, load_recipe):
     recipe = load_recipe("merge")
     out = tmp_path / "cli"
     summary = recipe.main(["--inputs", f"{ckpts[0]},{ckpts[1]}", "--weights", "0.25,0.75", "--output", str(out)])

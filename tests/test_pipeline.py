@@ -3,25 +3,13 @@ run resumes there and finishes; the single-stage recipes run on their own."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from vt_core.tasks import generate_tasks, load_tasks, write_task_file
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_recipe(name: str):
-    """Import recipes/<name>.py as a module (recipes/ is not a package) to call its main(argv) in-process."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +20,7 @@ def small_code_tasks(tmp_path_factory):
     return str(path)
 
 
-def test_quick_pipeline_stops_and_resumes_from_a_middle_stage(tmp_path, small_code_tasks, capsys):
+def test_quick_pipeline_stops_and_resumes_from_a_middle_stage(tmp_path, small_code_tasks, capsys, load_recipe):
     pipeline = load_recipe("pipeline")
     out = tmp_path / "pipe"
     common = ["--quick", "--pipeline.out_dir", str(out), "--pipeline.sft_domains", "math,stem",
@@ -65,7 +53,7 @@ def test_quick_pipeline_stops_and_resumes_from_a_middle_stage(tmp_path, small_co
         pipeline.main(common + ["--pipeline.stop_after", "rl_bio"])
 
 
-def test_rl_stem_recipe_runs_from_a_checkpoint(tmp_path):
+def test_rl_stem_recipe_runs_from_a_checkpoint(tmp_path, load_recipe):
     from vt_core import model as vt_model
     from vt_core.data import load_tokenizer, tiny_model_config_path, tiny_tokenizer_path
 
