@@ -5,7 +5,7 @@ import json
 import pytest
 
 from vt_core.rewards import registry
-from vt_core.rewards.code import CACHE, CodeRewardConfig, code_reward, score
+from vt_core.rewards.code import CACHE, CodeRewardConfig, code_reward, code_reward_group, score, score_group
 from vt_core.rewards.code_formats import extract_code, parse_tests, problem_tests, return_matches, stdout_matches
 
 FAST = {"per_test_time_s": 2.0, "total_time_s": 10.0}
@@ -168,3 +168,46 @@ def test_registered_score_and_config_override():
     assert CodeRewardConfig(**problem["code_reward"]).per_test_time_s == 2.0
     with pytest.raises(ValueError, match="no tests"):
         code_reward(completion, {"inputs": [], "outputs": []})
+
+
+# ---- group mode: several programs, one sandbox launch --------------------------------------------
+
+def test_group_gives_the_same_rewards_as_one_run_each():
+    tests = {"inputs": ["1", "2", "3"], "outputs": ["2", "4", "6"]}
+    programs = [fenced("print(2 * int(input()))"), fenced("print(int(input()) + 1)"), "no code here",
+                fenced("def broken(:"), fenced("raise SystemExit(3)"), fenced("import time\ntime.sleep(30)"),
+                fenced("print(2 * int(input()))"), fenced("x = int(input())\nprint(x * x + 1 if x < 3 else 6)")]
+    CACHE.clear()
+    group = code_reward_group(programs, tests, per_test_time_s=0.5, total_time_s=10.0, cache_size=0)
+    single = [code_reward(p, tests, per_test_time_s=0.5, total_time_s=10.0, cache_size=0) for p in programs]
+    assert [r.reward for r in group] == [r.reward for r in single] == [1, 0, 0, 0, 0, 0, 1, 0]
+    assert [r.passed for r in group] == [r.passed for r in single]
+    assert group[5].extra["statuses"] == ["timeout"] and "compile" in group[3].reasons[0]
+    assert group[2].reasons == ["no code block found"] and group[0].extra["code"] == group[6].extra["code"]
+
+
+def test_group_candidates_cannot_reach_each_other():
+    """Files (working dir and /tmp) and processes of one program are gone before the next one runs."""
+    tests = {"inputs": ["1"], "outputs": ["clean"]}
+    writer = fenced("import os, subprocess, sys\nopen('mark', 'w').write('1')\nopen('/tmp/mark', 'w').write('1')\n"
+                    "os.makedirs('/tmp/d/e', exist_ok=True)\nos.chmod('/tmp/d', 0)\n"
+                    "if os.fork() == 0:\n    os.setsid()\n    import time\n    time.sleep(0.5)\n"
+                    "    open('/tmp/late', 'w').write('1')\n    os._exit(0)\nprint('clean')")
+    reader = fenced("import os, time\ntime.sleep(1.0)\n"
+                    "seen = [p for p in ('mark', '/tmp/mark', '/tmp/late', '/tmp/d') if os.path.exists(p)]\n"
+                    "print('clean' if not seen else seen)")
+    rewards = [r.reward for r in code_reward_group([writer, reader, writer, reader], tests, cache_size=0, **FAST)]
+    assert rewards == [1.0, 1.0, 1.0, 1.0]
+    assert code_reward(reader, tests, cache_size=0, **FAST).reward == 1.0
+
+
+def test_group_verifier_is_registered_and_uses_the_cache():
+    problem = {"verifier": "code", "input_output": {"inputs": ["2\n"], "outputs": ["4\n"]},
+               "response_prefix": "```python\nprint(int(input())"}
+    assert registry.get_group_verifier("code") is score_group
+    CACHE.clear()
+    first = score_group(problem, [" ** 2)\n```", " + 2)\n```", " * 3)\n```"])
+    assert [r.reward for r in first] == [1.0, 1.0, 0.0] and not any(r.extra["cached"] for r in first)
+    again = score_group(problem, [" * 3)\n```", " ** 2)\n```"])
+    assert [r.reward for r in again] == [0.0, 1.0] and all(r.extra["cached"] for r in again)
+    assert score(problem, " ** 2)\n```").reward == 1.0

@@ -37,6 +37,18 @@ def wrong_type_verifier(problem, completion):
     return 1.0
 
 
+GROUP_CALLS: list[int] = []
+
+
+def echo_group(problem, completions):
+    GROUP_CALLS.append(len(completions))
+    return [echo_verifier(problem, c) for c in completions]
+
+
+def raising_group(problem, completions):
+    raise RuntimeError("group blew up")
+
+
 @pytest.fixture
 def temp_verifier():
     names = []
@@ -48,6 +60,7 @@ def temp_verifier():
     yield add
     for name in names:
         registry._VERIFIERS.pop(name, None)
+        registry._GROUP_VERIFIERS.pop(name, None)
 
 
 # ---------------------------------------------------------------- registry
@@ -233,3 +246,25 @@ def test_shutdown_cancels_pending_and_rejects_new_work():
         scorer.submit({"answer": "a"}, "a")
     scorer.shutdown()  # idempotent
     assert scorer._threads and not any(t.is_alive() for t in scorer._threads)
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_submit_group_scores_a_group_in_one_call(temp_verifier, mode):
+    temp_verifier("echo_g", echo_verifier, group=echo_group)
+    temp_verifier("raise_g", echo_verifier, group=raising_group)
+    temp_verifier("plain", echo_verifier)
+    assert registry.get_group_verifier("echo_g") is echo_group and registry.get_group_verifier("plain") is None
+    GROUP_CALLS.clear()
+    with RewardScorer(max_workers=2, mode=mode, timeout_s=30) as scorer:
+        futures = scorer.submit_group({"verifier": "echo_g", "answer": "a"}, ["a", "b", "a"], keys=["x", "y", "z"])
+        failing = scorer.submit_group({"verifier": "raise_g", "answer": "a"}, ["a", "a"])
+        plain = scorer.submit_group({"verifier": "plain", "answer": "a"}, ["a", "b"])
+        with pytest.raises(ValueError, match="already pending"):
+            scorer.submit_group({"verifier": "echo_g", "answer": "a"}, ["a", "b"], keys=["x", "w"])
+        res = scorer.results(timeout=60)
+    assert [f.result().reward for f in futures] == [1.0, 0.0, 1.0] and [res[k].reward for k in "xyz"] == [1, 0, 1]
+    assert all(f.result().reward == 0 and "group blew up" in f.result().reasons[0] for f in failing)
+    assert [f.result().reward for f in plain] == [1.0, 0.0] and len(res) == 7
+    assert scorer.stats["completed"] == 7
+    if mode == "thread":
+        assert GROUP_CALLS == [3]  # one call for the whole group (in process mode it ran in the child)

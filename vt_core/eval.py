@@ -85,7 +85,7 @@ def evaluate(engine: Engine, tokenizer, problems: list[dict], *, k: int = 4, par
     own = scorer is None
     scorer = scorer or RewardScorer(max_workers=4)
     try:
-        futures = [[scorer.submit(p, c.text if c.text is not None else tokenizer.decode(c.token_ids)) for c in group]
+        futures = [scorer.submit_group(p, [c.text if c.text is not None else tokenizer.decode(c.token_ids) for c in group])
                    for p, group in zip(problems, outputs)]
         rewards = [[f.result().reward for f in row] for row in futures]
     finally:

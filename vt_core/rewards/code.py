@@ -98,58 +98,117 @@ def _cache_key(code: str, suite: TestSuite, cfg: CodeRewardConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def run_tests(code: str, suite: TestSuite, cfg: CodeRewardConfig) -> RewardResult:
-    """Run ``code`` against every test of ``suite`` in one sandbox run and compare in this process."""
-    total = len(suite)
-    statuses: list[str] = []
-    reasons: list[str] = []
+class _Verdicts:
+    """Per-test statuses and reasons of one program, built from the sandbox's result lines."""
 
-    def on_line(line: bytes) -> bool:
-        i = len(statuses)
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            rec = {}
-        if not isinstance(rec, dict) or rec.get("i") != i or i >= total:
-            statuses.append("protocol")
-            reasons.append(f"test {i}: malformed result from the sandbox")
+    def __init__(self, suite: TestSuite, cfg: CodeRewardConfig):
+        self.suite, self.cfg = suite, cfg
+        self.statuses: list[str] = []
+        self.reasons: list[str] = []
+        self.stopped = False
+
+    def add(self, rec: dict) -> bool:
+        """Record the line of the next test; returns whether the program's run should go on (after a
+        False, later lines of this program are ignored, as if the run had been stopped there)."""
+        if self.stopped:
+            return False
+        self.stopped = not self._add(rec)
+        return not self.stopped
+
+    def _add(self, rec: dict) -> bool:
+        i, suite = len(self.statuses), self.suite
+        if rec.get("i") != i or i >= len(suite):
+            self.statuses.append("protocol")
+            self.reasons.append(f"test {i}: malformed result from the sandbox")
             return False
         if rec.get("status") != "ok":
-            statuses.append(str(rec.get("status")))
-            reasons.append(f"test {i}: {rec.get('status')} {rec.get('error', '')}".rstrip())
+            self.statuses.append(str(rec.get("status")))
+            self.reasons.append(f"test {i}: {rec.get('status')} {rec.get('error', '')}".rstrip())
         else:
             out = rec.get("out")
             ok = isinstance(out, str) and (
-                stdout_matches(out, suite.outputs[i], cfg.float_tol)
+                stdout_matches(out, suite.outputs[i], self.cfg.float_tol)
                 if suite.kind == "stdin"
-                else return_matches(out, suite.outputs[i], cfg.float_tol)
+                else return_matches(out, suite.outputs[i], self.cfg.float_tol)
             )
-            statuses.append("passed" if ok else "wrong_answer")
+            self.statuses.append("passed" if ok else "wrong_answer")
             if not ok:
-                reasons.append(f"test {i}: wrong answer")
-        return statuses[-1] == "passed" or not cfg.stop_on_first_failure
+                self.reasons.append(f"test {i}: wrong answer")
+        return self.statuses[-1] == "passed" or not self.cfg.stop_on_first_failure
 
-    spec = {"kind": suite.kind, "inputs": suite.inputs, "fn_name": suite.fn_name, "per_test_s": cfg.per_test_time_s}
-    time_limit = min(cfg.total_time_s, total * (cfg.per_test_time_s + 0.5) + _STARTUP_S)
+    def result(self, res) -> RewardResult:
+        total, passed = len(self.suite), self.statuses.count("passed")
+        reasons = list(self.reasons)
+        if len(self.statuses) < total and not reasons:
+            reasons.append(f"sandbox run ended ({res.status}) after {len(self.statuses)} of {total} tests")
+        return RewardResult(
+            reward=float(passed == total and total > 0),
+            passed=passed,
+            total=total,
+            reasons=reasons,
+            extra={"statuses": self.statuses, "sandbox_status": res.status, "wall_s": res.wall_s,
+                   "stderr": res.stderr[-2000:]},
+        )
+
+
+def _parse(line: bytes) -> dict:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def _spec(suite: TestSuite, cfg: CodeRewardConfig, **extra: Any) -> bytes:
+    return json.dumps({"kind": suite.kind, "inputs": suite.inputs, "fn_name": suite.fn_name,
+                       "per_test_s": cfg.per_test_time_s, **extra}).encode()
+
+
+def run_tests(code: str, suite: TestSuite, cfg: CodeRewardConfig) -> RewardResult:
+    """Run ``code`` against every test of ``suite`` in one sandbox run and compare in this process."""
+    verdicts = _Verdicts(suite, cfg)
+    time_limit = min(cfg.total_time_s, len(suite) * (cfg.per_test_time_s + 0.5) + _STARTUP_S)
     res = run_python(
         _HARNESS,
         time_limit_s=time_limit,
         memory_mb=cfg.memory_mb,
-        files={"solution.py": code.encode(), "tests.json": json.dumps(spec).encode()},
+        files={"solution.py": code.encode(), "tests.json": _spec(suite, cfg)},
+        on_result_line=lambda line: verdicts.add(_parse(line)),
+        limits=Limits(max_processes=32),
+    )
+    return verdicts.result(res)
+
+
+def run_tests_group(codes: list[str], suite: TestSuite, cfg: CodeRewardConfig) -> list[RewardResult]:
+    """Run several programs against the same tests in ONE sandbox launch (the harness's group mode: one
+    program after another, with every process killed and the writable tree emptied in between), and
+    compare each program's results here. Results equal those of one ``run_tests`` per program (with
+    stop_on_first_failure, lines after a program's first failure are ignored); only the start-up cost is
+    shared. The time limit is the sum of the per-program limits."""
+    verdicts = [_Verdicts(suite, cfg) for _ in codes]
+    current = [0]
+
+    def on_line(line: bytes) -> bool:
+        rec = _parse(line)
+        j = rec.pop("c", None)
+        if not isinstance(j, int) or not current[0] <= j < len(codes):
+            return False  # protocol violation: the programs not yet judged get the run-ended reason
+        current[0] = j
+        verdicts[j].add(rec)
+        return True
+
+    per_program = min(cfg.total_time_s, len(suite) * (cfg.per_test_time_s + 0.5))
+    files = {f"solution_{j}.py": code.encode() for j, code in enumerate(codes)}
+    files["tests.json"] = _spec(suite, cfg, candidates=len(codes))
+    res = run_python(
+        _HARNESS,
+        time_limit_s=len(codes) * per_program + _STARTUP_S,
+        memory_mb=cfg.memory_mb,
+        files=files,
         on_result_line=on_line,
         limits=Limits(max_processes=32),
     )
-    passed = statuses.count("passed")
-    if len(statuses) < total and not reasons:
-        reasons.append(f"sandbox run ended ({res.status}) after {len(statuses)} of {total} tests")
-    return RewardResult(
-        reward=float(passed == total and total > 0),
-        passed=passed,
-        total=total,
-        reasons=reasons,
-        extra={"statuses": statuses, "sandbox_status": res.status, "wall_s": res.wall_s,
-               "stderr": res.stderr[-2000:]},
-    )
+    return [v.result(res) for v in verdicts]
 
 
 def code_reward(completion: str, tests: Any, fn_name: str | None = None, config: CodeRewardConfig | None = None,
@@ -182,10 +241,57 @@ def code_reward(completion: str, tests: Any, fn_name: str | None = None, config:
     return result
 
 
+def code_reward_group(completions: list[str], tests: Any, fn_name: str | None = None,
+                      config: CodeRewardConfig | None = None, **overrides: Any) -> list[RewardResult]:
+    """``code_reward`` of each completion, with every program not in the cache run in one sandbox launch
+    (``run_tests_group``); duplicates run once. Same rewards as one ``code_reward`` call per completion."""
+    cfg = CodeRewardConfig(**{**(config.__dict__ if config else {}), **overrides})
+    suite = parse_tests(tests, fn_name) if not isinstance(tests, TestSuite) else tests
+    if len(suite) == 0:
+        raise ValueError("no tests to run")
+    suite = suite.head(cfg.max_tests)
+    out: list[RewardResult | None] = [None] * len(completions)
+    todo: dict[str, list[int]] = {}
+    for k, completion in enumerate(completions):
+        code = extract_code(completion, cfg.block, cfg.languages)
+        if code is None or not code.strip():
+            out[k] = RewardResult(reward=0.0, passed=0, total=len(suite), reasons=["no code block found"],
+                                  extra={"code": None, "cached": False})
+            continue
+        hit = CACHE.get(_cache_key(code, suite, cfg)) if cfg.cache_size > 0 else None
+        if hit is not None:
+            hit.extra["cached"] = True
+            out[k] = hit
+        else:
+            todo.setdefault(code, []).append(k)
+    if todo:
+        codes = list(todo)
+        for code, result in zip(codes, run_tests_group(codes, suite, cfg)):
+            result.extra.update(code=code, cached=False)
+            if cfg.cache_size > 0:
+                CACHE.put(_cache_key(code, suite, cfg), result, cfg.cache_size)
+            for k in todo[code]:
+                out[k] = copy.deepcopy(result)
+    return out
+
+
+def _problem_config(problem: dict) -> CodeRewardConfig:
+    return CodeRewardConfig(**problem.get("code_reward", {}))
+
+
 def score(problem: dict, completion: str) -> RewardResult:
     """The "code" verifier: tests from the problem row (see code_formats.problem_tests); an optional
-    ``problem["code_reward"]`` dict overrides CodeRewardConfig fields."""
-    return code_reward(completion, problem_tests(problem), config=CodeRewardConfig(**problem.get("code_reward", {})))
+    ``problem["code_reward"]`` dict overrides CodeRewardConfig fields. When the prompt ends with the start
+    of the answer (HumanEval style, e.g. an open fence and a function header), ``problem["response_prefix"]``
+    holds that text and the verifier scores prefix + completion."""
+    completion = problem.get("response_prefix", "") + completion
+    return code_reward(completion, problem_tests(problem), config=_problem_config(problem))
 
 
-register_verifier("code", score)
+def score_group(problem: dict, completions: list[str]) -> list[RewardResult]:
+    """``score`` of each completion of one problem (e.g. a GRPO group), in one sandbox launch."""
+    prefix = problem.get("response_prefix", "")
+    return code_reward_group([prefix + c for c in completions], problem_tests(problem), config=_problem_config(problem))
+
+
+register_verifier("code", score, group=score_group)

@@ -8,6 +8,15 @@ serialize the return value with json (so an object whose ``__eq__`` is always tr
 JSON value reaches the parent). The child loses the result pipe before any candidate code runs. One JSON
 line per test goes to fd 3: {"i", "status": "ok"|"error"|"timeout", "out", "time_s", "error"}; the parent
 compares and may stop the run at the first failure.
+
+Group mode (tests.json has "candidates": K, the programs are solution_0.py .. solution_{K-1}.py): the K
+programs (e.g. the n samples of one prompt) run one after another in this one sandbox launch, each on
+every test as above, with lines {"c": j, "i", ...}. All sources are read before any candidate runs, and
+between candidates every other process of the sandbox is killed and the writable tree (/tmp, the only
+writable place) is emptied, so no candidate can see or leave anything for another: the same isolation
+as K launches at a fraction of the start-up cost. The parent cannot stop one candidate early (expected
+outputs never enter the sandbox), so a candidate's remaining tests are skipped here after a test that
+errors or times out.
 """
 
 import json
@@ -113,21 +122,71 @@ def _run_one(code, spec, test):
     return {"status": "ok", "time_s": elapsed, "out": out}
 
 
-def main():
-    with open("tests.json") as f:
-        spec = json.load(f)
-    with open("solution.py") as f:
-        source = f.read()
-    results = os.fdopen(3, "wb", buffering=0)
+def _reset(sandboxed):
+    """Between group candidates: kill every other process of the sandbox's pid namespace (only inside the
+    sandbox, where this harness is pid 2 under the launcher) and empty the working dir and /tmp."""
+    if sandboxed:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in (1, os.getpid()):
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        while True:  # reap the killed children (they are ours, re-parented or not)
+            try:
+                if os.waitpid(-1, 0)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+    roots = ["."] + (["/tmp"] if sandboxed else [])
+    for root in roots:
+        for name in os.listdir(root):
+            path = os.path.join(root, name)
+            if os.path.abspath(path) != os.getcwd():
+                _remove(path)
+
+
+def _remove(path):
+    """Delete a file or a whole tree, restoring permissions a program may have taken away (an error here
+    ends the run: the programs not yet judged then get no reward, never a contaminated one)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        os.chmod(path, 0o700)
+        for name in os.listdir(path):
+            _remove(os.path.join(path, name))
+        os.rmdir(path)
+    else:
+        os.unlink(path)
+
+
+def _run_candidate(source, name, spec, results, tag):
     try:
-        code = compile(source, "solution.py", "exec")
+        code = compile(source, name, "exec")
     except (SyntaxError, ValueError) as exc:
-        results.write(json.dumps({"i": 0, "status": "error", "error": f"compile: {exc}"}).encode() + b"\n")
+        results.write(json.dumps({**tag, "i": 0, "status": "error", "error": f"compile: {exc}"}).encode() + b"\n")
         return
     for i, test in enumerate(spec["inputs"]):
         record = _run_one(code, spec, test)
-        record["i"] = i
-        results.write(json.dumps(record).encode() + b"\n")
+        results.write(json.dumps({**tag, "i": i, **record}).encode() + b"\n")
+        if tag and record["status"] != "ok":
+            return
+
+
+def main():
+    with open("tests.json") as f:
+        spec = json.load(f)
+    results = os.fdopen(3, "wb", buffering=0)
+    if "candidates" not in spec:
+        with open("solution.py") as f:
+            _run_candidate(f.read(), "solution.py", spec, results, {})
+        return
+    sources = []
+    for j in range(spec["candidates"]):
+        with open(f"solution_{j}.py") as f:
+            sources.append(f.read())
+    sandboxed = os.getcwd() == "/tmp/work" and os.getpid() == 2
+    for j, source in enumerate(sources):
+        _reset(sandboxed)
+        _run_candidate(source, f"solution_{j}.py", spec, results, {"c": j})
 
 
 if __name__ == "__main__":

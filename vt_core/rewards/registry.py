@@ -24,8 +24,12 @@ from typing import Callable
 from vt_core.rewards.base import RewardResult
 
 Verifier = Callable[[dict, str], RewardResult]
+GroupVerifier = Callable[[dict, list], list]
+"""``fn(problem, completions: list[str]) -> list[RewardResult]``: the same rewards as the verifier's, for
+several completions of one problem at once (e.g. the code verifier runs them in one sandbox launch)."""
 
 _VERIFIERS: dict[str, Verifier] = {}
+_GROUP_VERIFIERS: dict[str, GroupVerifier] = {}
 _LOCK = threading.RLock()
 
 # Built-in verifier name -> module that registers it when imported.
@@ -37,8 +41,12 @@ _BUILTIN_MODULES: dict[str, str] = {
 }
 
 
-def register_verifier(name: str, fn: Verifier | None = None, *, overwrite: bool = False):
+def register_verifier(name: str, fn: Verifier | None = None, *, overwrite: bool = False,
+                      group: GroupVerifier | None = None):
     """Register ``fn`` under ``name``; usable directly or as ``@register_verifier(name)``.
+
+    ``group``, optional, scores several completions of one problem at once (see GroupVerifier); it must
+    give the same rewards as calling ``fn`` on each.
 
     Registering a different function under a taken name raises ValueError unless ``overwrite=True``
     (re-registering the same function, e.g. on module reload, is allowed). Returns ``fn``.
@@ -54,6 +62,10 @@ def register_verifier(name: str, fn: Verifier | None = None, *, overwrite: bool 
             if old is not None and not overwrite and _identity(old) != _identity(f):
                 raise ValueError(f"a verifier named {name!r} is already registered ({old!r}); pass overwrite=True")
             _VERIFIERS[name] = f
+            if group is not None:
+                _GROUP_VERIFIERS[name] = group
+            else:
+                _GROUP_VERIFIERS.pop(name, None)
         return f
 
     if fn is None:
@@ -74,6 +86,7 @@ def unregister_verifier(name: str) -> None:
     """Remove ``name`` from the registry (KeyError if absent). Mostly for tests."""
     with _LOCK:
         del _VERIFIERS[name]
+        _GROUP_VERIFIERS.pop(name, None)
 
 
 def known_verifiers() -> list[str]:
@@ -99,6 +112,13 @@ def get_verifier(name: str) -> Verifier:
         if fn is None:
             raise KeyError(f"module {module} was imported but did not register a verifier named {name!r}")
         return fn
+
+
+def get_group_verifier(name: str) -> GroupVerifier | None:
+    """The group form of verifier ``name`` (importing its built-in module first), or None if it has none."""
+    get_verifier(name)
+    with _LOCK:
+        return _GROUP_VERIFIERS.get(name)
 
 
 def resolve_verifier_name(problem: dict, verifier: str | None = None) -> str:

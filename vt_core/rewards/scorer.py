@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from typing import Callable, Hashable
 
 from vt_core.rewards.base import RewardResult
-from vt_core.rewards.registry import get_verifier, resolve_verifier_name
+from vt_core.rewards.registry import get_group_verifier, get_verifier, resolve_verifier_name
 
 _STOP = object()
 _CHILD_STARTUP_TIMEOUT_S = 120.0  # spawning a child and importing a verifier's module (not timed per call)
@@ -48,8 +48,30 @@ def _describe(fn: Callable) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
-def run_verifier(fn: Callable, problem: dict, completion: str) -> RewardResult:
-    """Call ``fn``; an exception (or a non-RewardResult) becomes reward 0 with the reason recorded."""
+class GroupCall:
+    """A group verifier (``fn(problem, completions) -> list[RewardResult]``) queued as one job; the scorer
+    splits its list over the completions' futures (a failure or timeout of the call hits them all)."""
+
+    def __init__(self, fn: Callable, size: int):
+        self.fn, self.size = fn, size
+        self.__qualname__ = _describe(fn)
+
+    def __call__(self, problem: dict, completions: list) -> list:
+        return self.fn(problem, completions)
+
+
+def run_verifier(fn: Callable, problem: dict, completion) -> RewardResult | list[RewardResult]:
+    """Call ``fn``; an exception (or a non-RewardResult) becomes reward 0 with the reason recorded. A
+    GroupCall returns one RewardResult per completion (the error result for each when the call fails)."""
+    if isinstance(fn, GroupCall):
+        try:
+            results = fn(problem, completion)
+        except Exception as e:  # as below: one failing group costs its rewards, not the scorer
+            return _error_result(f"{_describe(fn)} raised {type(e).__name__}: {e}", traceback.format_exc())
+        if not (isinstance(results, list) and len(results) == fn.size
+                and all(isinstance(r, RewardResult) for r in results)):
+            return _error_result(f"{_describe(fn)} did not return {fn.size} RewardResults")
+        return results
     try:
         result = fn(problem, completion)
     except Exception as e:  # a crashing verifier must cost one reward, not the scorer; the reason is kept
@@ -87,8 +109,13 @@ def _child_main(conn) -> None:
 class _Job:
     __slots__ = ("future", "fn", "problem", "completion")
 
-    def __init__(self, future: cf.Future, fn: Callable, problem: dict, completion: str):
+    def __init__(self, future: cf.Future, fn: Callable, problem: dict, completion):
         self.future, self.fn, self.problem, self.completion = future, fn, problem, completion
+
+    @property
+    def scale(self) -> int:
+        """Completions in the job: a group job gets that many times the per-call timeout."""
+        return self.fn.size if isinstance(self.fn, GroupCall) else 1
 
 
 class RewardScorer:
@@ -157,6 +184,43 @@ class RewardScorer:
             future.add_done_callback(self._count)
             self._queue.put(_Job(future, fn, problem, completion))  # under the lock: before any stop sentinel
         return future
+
+    def submit_group(self, problem: dict, completions: list[str], keys: list[Hashable] | None = None,
+                     verifier: str | Callable | None = None) -> list[cf.Future]:
+        """Queue several completions of one problem (e.g. a GRPO group); one Future per completion, as
+        ``submit`` gives. When the verifier has a group form (``register_verifier(..., group=...)``: the
+        code verifier runs the group in one sandbox launch) they are scored in one call, with ``timeout_s``
+        scaled by their number; otherwise each is submitted alone. Rewards are the same either way."""
+        keys = list(keys) if keys is not None else [None] * len(completions)
+        if len(keys) != len(completions):
+            raise ValueError(f"{len(keys)} keys for {len(completions)} completions")
+        chosen = verifier if verifier is not None else self.verifier
+        group = None if callable(chosen) else get_group_verifier(resolve_verifier_name(problem, chosen))
+        if group is None or len(completions) < 2:
+            return [self.submit(problem, c, k, verifier) for c, k in zip(completions, keys)]
+        futures = [cf.Future() for _ in completions]
+        inner: cf.Future = cf.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("RewardScorer is shut down")
+            keys = [next(self._counter) if k is None else k for k in keys]
+            taken = [k for k in keys if k in self._pending] or [k for k in set(keys) if keys.count(k) > 1]
+            if taken:
+                raise ValueError(f"key {taken[0]!r} is already pending")
+            for k, f in zip(keys, futures):
+                self._pending[k] = f
+                f.add_done_callback(self._count)
+                f.set_running_or_notify_cancel()
+            self.stats["submitted"] += len(futures)
+            self._queue.put(_Job(inner, GroupCall(group, len(completions)), problem, list(completions)))
+
+        def split(done: cf.Future) -> None:
+            value = self._result_of(done)
+            for k, f in enumerate(futures):
+                f.set_result(value[k] if isinstance(value, list) else value)
+
+        inner.add_done_callback(split)
+        return futures
 
     def as_completed(self, timeout: float | None = None) -> Iterator[tuple[Hashable, RewardResult]]:
         """Yield (key, result) for the submissions pending now, as they finish; each is yielded once.
@@ -266,7 +330,7 @@ class RewardScorer:
                 return
             if not job.future.set_running_or_notify_cancel():
                 continue
-            deadline = time.monotonic() + self.timeout_s if self.timeout_s is not None else float("inf")
+            deadline = time.monotonic() + self.timeout_s * job.scale if self.timeout_s is not None else float("inf")
             with self._lock:
                 self._running[me] = (job, deadline)
             result = run_verifier(job.fn, job.problem, job.completion)
@@ -293,7 +357,7 @@ class RewardScorer:
                     # the stop sentinel the abandoned thread will never read.
                     self._start_thread(self._thread_worker)
             for _, job in late:
-                self._finish(job, _timeout_result(job.fn, self.timeout_s))
+                self._finish(job, _timeout_result(job.fn, self.timeout_s * job.scale))
 
     def _spawn_child(self):
         ctx = mp.get_context("spawn")
@@ -355,9 +419,9 @@ class RewardScorer:
                 if not conn.poll(_CHILD_STARTUP_TIMEOUT_S) or conn.recv() != "loaded":
                     return _error_result(f"{name} could not be loaded in a worker process"), False
             conn.send(("run", job.problem, job.completion))
-            if conn.poll(self.timeout_s):
+            if conn.poll(None if self.timeout_s is None else self.timeout_s * job.scale):
                 return conn.recv(), True
-            return _timeout_result(job.fn, self.timeout_s), False
+            return _timeout_result(job.fn, self.timeout_s * job.scale), False
         except (EOFError, BrokenPipeError, ConnectionResetError):
             proc.join(timeout=1.0)
             return _error_result(f"{name} crashed its worker process (exit code {proc.exitcode})"), False
