@@ -162,6 +162,19 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seeds=0, offs
     return _sample_native(logits, temperature, top_k, top_p, min_p, seeds, offsets, backend)
 
 
+def sample_prevalidated(logits, temperature, top_k, top_p, min_p, seeds, offsets):
+    """``sample`` without its argument checks, which read values back from the device (a host sync).
+
+    For callers that validated the parameters on the host (the generation engine: ``SamplingParams``) and
+    pass [B] tensors on the logits' device: temperature / top_p / min_p float32, top_k / seeds / offsets
+    int64. Same backends and results as ``sample``; nothing in it syncs, so it can run inside a CUDA graph.
+    """
+    backend = resolve_backend("sample", logits, AVAILABLE)
+    if backend == "torch":
+        return sample_reference(logits, temperature, top_k, top_p, min_p, seeds, offsets)
+    return _sample_native(logits, temperature, top_k, top_p, min_p, seeds, offsets, backend)
+
+
 def _sample_native(logits, temperature, top_k, top_p, min_p, seeds, offsets, backend: str):
     """The C++ twin (``backend="cpp"``) or the CUDA kernel (``"cuda"``): torch allocates, _C fills."""
     B, V = logits.shape

@@ -74,6 +74,12 @@ class KVCache:
         self.k[:, dst].copy_(self.k[:, src])
         self.v[:, dst].copy_(self.v[:, src])
 
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """``write_kv_cache`` for one layer when every slot is valid and k, v [N, Hkv, d] have the cache dtype:
+        two index copies, without the general op's filtering of skipped slots (the CPU decode path)."""
+        self.k[layer].view(-1, *k.shape[1:]).index_copy_(0, slots, k)
+        self.v[layer].view(-1, *v.shape[1:]).index_copy_(0, slots, v)
+
     def slots(self, blocks: list[int], start: int, end: int) -> list[int]:
         """Cache slot of every token position in [start, end) of a sequence holding ``blocks``."""
         bs = self.block_size

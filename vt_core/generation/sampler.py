@@ -24,14 +24,15 @@ from vt_core.kernels.sampling import philox_uniform
 def _untruncated(logits, temperature, min_p, u):
     logits = logits.float()
     raw = torch.log_softmax(logits, dim=-1)
-    scaled = logits / temperature.float()[:, None]
+    unit = bool((temperature == 1).all())  # x / 1 is x: the scaled row is the row, processed is raw
+    scaled = logits if unit else logits / temperature.float()[:, None]
     if bool((min_p > 0).any()):
         probs = torch.softmax(scaled, dim=-1)
         keep = probs >= (min_p.float()[:, None] * probs.max(dim=-1, keepdim=True).values)
         processed = torch.log_softmax(scaled.masked_fill(~keep, float("-inf")), dim=-1)
     else:
         keep = None
-        processed = torch.log_softmax(scaled, dim=-1)
+        processed = raw if unit else torch.log_softmax(scaled, dim=-1)
     cdf = torch.cumsum(processed.exp().double(), dim=-1)
     u = u * cdf[:, -1]
     tokens = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
