@@ -16,7 +16,7 @@ COMMON_FIELDS = {"id": str, "problem_id": str, "domain": str, "verifier": str, "
 DOMAIN_FIELDS = {"code": {"tests": dict, "template": str, "constants": list, "examples": list},
                  "math": {"answer": str}, "stem": {"answer": str}, "instruct": {"rules": list}}
 # Upper bounds in tiny-tokenizer tokens (prompt text, solution text); the measured maxima sit a little below.
-TOKEN_BOUNDS = {"code": (64, 28), "math": (40, 128), "stem": (128, 80), "instruct": (128, 320)}
+TOKEN_BOUNDS = {"code": (80, 12), "math": (40, 128), "stem": (128, 80), "instruct": (128, 320)}
 
 
 # The code train split has 20,000 rows; its first CODE_TRAIN_PREFIX rows stand for it here (rows are a seeded
@@ -98,9 +98,13 @@ def test_rows_have_the_fields_their_verifier_reads(domain, splits):
 
 def test_code_prompts_show_x0_and_x1_and_hide_the_tests(splits):
     for row in splits["code"]["heldout"] + splits["code"]["train"]:
-        header, *lines = row["prompt"].split("\n")
+        assert row["prompt"].endswith("\n" + code_problems.RESPONSE_PREFIX)
+        assert row["response_prefix"] == code_problems.RESPONSE_PREFIX
+        header, *lines = row["prompt"][: -len(code_problems.RESPONSE_PREFIX) - 1].split("\n")
         assert header == code_problems.PROMPT_HEADER
         shown = [tuple(map(int, re.fullmatch(r"f\((\d+)\) = (-?\d+)", ln).groups())) for ln in lines]
+        assert [x for x, _ in shown] == sorted((x for x, _ in shown), reverse=True)  # f(0) last: next to the answer
+        shown = shown[::-1]
         assert shown == [tuple(p) for p in row["examples"]] and len(shown) == code_problems.NUM_SHOWN
         xs = [x for x, _ in shown]
         assert xs[:2] == [0, 1] and xs == sorted(set(xs))
@@ -136,10 +140,10 @@ def test_code_problems_are_well_posed(splits):
     for row in rows:
         hidden = [args[0] for args in row["tests"]["inputs"]]
         assert _brute_force_fits([tuple(p) for p in row["examples"]], hidden, row["tests"]["outputs"]), row["id"]
-    # Showing only x = 0, 1, 2 of max(x, 9) + 4 leaves the threshold open: the check must notice.
-    values = code_problems.function_values("max", 9, 4)
-    assert not code_problems.is_well_posed(values, [0, 1, 2], [20])
-    assert code_problems.is_well_posed(values, [0, 1, 2, 20], [25])
+    # x + 12 and x * x + 12 agree at x = 0 and 1: showing only those leaves the template open.
+    values = code_problems.function_values("add", 12, 0)
+    assert not code_problems.is_well_posed(values, [0, 1], [20])
+    assert code_problems.is_well_posed(values, [0, 1, 2], [20])
 
 
 def test_code_reward_runs_the_shipped_tests_in_the_sandbox(splits):
@@ -147,7 +151,7 @@ def test_code_reward_runs_the_shipped_tests_in_the_sandbox(splits):
 
     row = splits["code"]["heldout"][3]
     assert score(row, row["solution"]).reward == 1.0
-    wrong = score(row, "```python\ndef f(x):\n    return x\n```")
+    wrong = score(row, " x\n```")
     assert wrong.reward == 0.0 and wrong.total == code_problems.NUM_HIDDEN
 
 
@@ -226,7 +230,7 @@ def test_token_lengths_are_bounded(domain, splits, tokenizer):
     solutions = [e.ids for e in tokenizer.encode_batch([r["solution"] for r in rows], add_special_tokens=False)]
     assert max(map(len, prompts)) <= prompt_bound and max(map(len, solutions)) <= solution_bound
     if domain == "code":  # the RL default: short prompts and completions
-        assert sum(map(len, prompts)) / len(rows) < 56 and sum(map(len, solutions)) / len(rows) < 23
+        assert sum(map(len, prompts)) / len(rows) < 72 and sum(map(len, solutions)) / len(rows) < 10
 
 
 def test_chat_messages_and_loader_errors(splits):
@@ -238,7 +242,7 @@ def test_chat_messages_and_loader_errors(splits):
     with pytest.raises(ValueError, match="unknown task domain"):
         tasks.load_tasks("poetry", "train")
     with pytest.raises(ValueError, match="out of range"):
-        code_problems.function_values("linear", 1, 5)
+        code_problems.function_values("affine", 1, 5)
     with pytest.raises(ValueError, match="exhausted"):
         tasks.draw_problems(lambda rng: {"k": rng.randint(0, 2)}, lambda p: str(p["k"]), 4, seed=0)
     first = tasks.load_tasks("math", "heldout")

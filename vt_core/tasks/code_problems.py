@@ -1,19 +1,27 @@
-"""Code problems: write ``f(x)`` from five input/output pairs; hidden call-based tests decide the reward.
+"""Code problems: complete ``f(x)`` from five input/output pairs; hidden call-based tests decide the reward.
 
-A problem is one of 12 expression templates with two integer constants (``a``, ``b``), e.g.
-``3 * x + 7`` or ``max(x, 17) + 8``. The prompt shows f at x = 0, x = 1 and three more points in
-[2, X_MAX]; six other points in [0, X_MAX] are the hidden tests (``{"fn_name": "f", "inputs": [[x], ...],
-"outputs": [y, ...]}``, the APPS/TACO call-based format the "code" verifier runs in the sandbox).
+A problem is one of 10 expression templates with one or two integer constants, e.g. ``x * x - 246`` or
+``3 * x + 7``. The prompt shows f at x = 0, x = 1 and three more points in [2, X_MAX], listed from the
+largest x down to x = 0, and ends HumanEval-style with the start of the answer (``RESPONSE_PREFIX``: an
+open fence and ``def f(x):\n    return``), which the row also carries as ``response_prefix`` so the
+"code" verifier runs prefix + reply. Six other points in [0, X_MAX] are the hidden tests
+(``{"fn_name": "f", "inputs": [[x], ...], "outputs": [y, ...]}``, the APPS/TACO call-based format the
+"code" verifier runs in the sandbox).
+
+The task is sized for the shipped 0.87M-parameter model (measured: it does not learn the copy at all with
+two-constant templates such as ``max(x, a) + b``, pairs in ascending order or a full ``def`` to write):
+every constant can be read off f(0) and f(1) (copied, or a one-digit difference for the affine pair), the
+pairs an answer needs sit right before it, and what is left to infer is which template the three other
+points fit (``x + a`` and ``x * x + a`` agree at 0 and 1) and, for the affine pair, the slope.
 
 Well-posed by construction: the shown points are redrawn until every (template, constants) in the whole
 problem space that fits them also passes the hidden tests, so the hidden tests never ask for something
 the examples leave open. Identity: ``problem_id`` names (template, constants); the split goes further and
-treats two problems computing the same function on [0, X_MAX] (``(x + 3) * 2`` and ``2 * x + 6``) as one,
-so no held-out function is ever trained on. Held-out: 1,024 distinct problems drawn by HELDOUT_SEED
-(shipped); train: TRAIN_SIZE rows drawn i.i.d. by TRAIN_SEED from the remaining problems (a problem may
-recur with other shown points), regenerated on demand.
+treats two problems computing the same function on [0, X_MAX] as one, so no held-out function is ever
+trained on. Held-out: 1,024 distinct problems drawn by HELDOUT_SEED (shipped); train: TRAIN_SIZE rows
+drawn i.i.d. by TRAIN_SEED from the remaining problems (a problem may recur with other shown points),
+regenerated on demand.
 """
-
 from __future__ import annotations
 
 import copy
@@ -34,6 +42,7 @@ TRAIN_SIZE = 20000
 HELDOUT_SEED = 7101
 TRAIN_SEED = 7102
 PROMPT_HEADER = "Write f(x):"
+RESPONSE_PREFIX = "```python\ndef f(x):\n    return"
 _SHOWN_TRIES = 30
 
 
@@ -50,18 +59,16 @@ class Template:
 
 
 TEMPLATES: tuple[Template, ...] = (
-    Template("linear", "{a} * x + {b}", (2, 99), (1, 99), lambda x, a, b: a * x + b),
-    Template("linear_minus", "{a} * x - {b}", (2, 99), (1, 99), lambda x, a, b: a * x - b),
-    Template("quadratic", "x * x + {a} * x + {b}", (1, 99), (0, 99), lambda x, a, b: x * x + a * x + b),
-    Template("quadratic_minus", "x * x - {a} * x + {b}", (1, 99), (0, 99), lambda x, a, b: x * x - a * x + b),
-    Template("shift_scale", "(x + {a}) * {b}", (1, 99), (2, 12), lambda x, a, b: (x + a) * b),
-    Template("decreasing", "{a} - {b} * x", (0, 99), (1, 12), lambda x, a, b: a - b * x),
-    Template("mod", "x % {a} + {b}", (2, 15), (0, 99), lambda x, a, b: x % a + b),
-    Template("floordiv", "x // {a} + {b}", (2, 15), (0, 99), lambda x, a, b: x // a + b),
-    Template("shift_floordiv", "(x + {a}) // {b}", (0, 99), (2, 9), lambda x, a, b: (x + a) // b),
-    Template("max", "max(x, {a}) + {b}", (2, 25), (0, 99), lambda x, a, b: np.maximum(x, a) + b),
-    Template("min", "min(x, {a}) + {b}", (2, 25), (0, 99), lambda x, a, b: np.minimum(x, a) + b),
-    Template("abs", "abs(x - {a}) + {b}", (2, 25), (0, 99), lambda x, a, b: np.abs(x - a) + b),
+    Template("add", "x + {a}", (1, 299), (0, 0), lambda x, a, b: x + a),
+    Template("square_add", "x * x + {a}", (1, 299), (0, 0), lambda x, a, b: x * x + a),
+    Template("sub", "x - {a}", (1, 299), (0, 0), lambda x, a, b: x - a),
+    Template("square_sub", "x * x - {a}", (1, 299), (0, 0), lambda x, a, b: x * x - a),
+    Template("sub_from", "{a} - x", (1, 299), (0, 0), lambda x, a, b: a - x),
+    Template("square_sub_from", "{a} - x * x", (1, 299), (0, 0), lambda x, a, b: a - x * x),
+    Template("scale", "{a} * x", (2, 299), (0, 0), lambda x, a, b: a * x),
+    Template("square_scale", "{a} * x * x", (2, 299), (0, 0), lambda x, a, b: a * x * x),
+    Template("affine", "{a} * x + {b}", (2, 9), (1, 99), lambda x, a, b: a * x + b),
+    Template("affine_minus", "{a} * x - {b}", (2, 9), (1, 99), lambda x, a, b: a * x - b),
 )
 TEMPLATE_BY_NAME = {t.name: t for t in TEMPLATES}
 
@@ -145,8 +152,7 @@ def expression(template: str, a: int, b: int) -> str:
 
 def _row(problem: dict, split: str, index: int) -> dict:
     template, (a, b), values = problem["template"], problem["constants"], problem["values"]
-    pairs = "\n".join(f"f({x}) = {values[x]}" for x in problem["shown"])
-    code = f"def f(x):\n    return {expression(template, a, b)}"
+    pairs = "\n".join(f"f({x}) = {values[x]}" for x in sorted(problem["shown"], reverse=True))
     return {
         "id": f"code-{split}-{index:05d}",
         "problem_id": f"{template}({a},{b})",
@@ -154,8 +160,9 @@ def _row(problem: dict, split: str, index: int) -> dict:
         "verifier": "code",
         "subdomain": template,
         "split": split,
-        "prompt": f"{PROMPT_HEADER}\n{pairs}",
-        "solution": f"```python\n{code}\n```",
+        "prompt": f"{PROMPT_HEADER}\n{pairs}\n{RESPONSE_PREFIX}",
+        "response_prefix": RESPONSE_PREFIX,
+        "solution": f" {expression(template, a, b)}\n```",
         "tests": {"fn_name": "f", "inputs": [[x] for x in problem["hidden"]],
                   "outputs": [values[x] for x in problem["hidden"]]},
         "template": template,
@@ -195,10 +202,13 @@ def make_heldout() -> list[dict]:
 
 
 def check_solution(row: dict, code: str) -> bool:
-    """Run ``code`` (a program, or a reply holding a fenced block) in-process against the row's hidden tests.
+    """Run ``code`` (a program, or a reply: the row's ``response_prefix`` + reply holding a fenced block)
+    in-process against the row's hidden tests.
 
     For tests only: this executes the code with ``exec`` and no sandbox; the trainer uses the "code" verifier.
     """
+    if not code.lstrip().startswith(("def ", "```")):
+        code = row.get("response_prefix", "") + code
     if "```" in code:
         from vt_core.rewards.code_formats import extract_code
 
