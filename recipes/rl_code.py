@@ -6,9 +6,10 @@
         --data.heldout_path heldout.jsonl --gen.max_new_tokens 16384 --optim.lr 1e-6 --run.max_steps 500
     # multi-node: torchrun --nnodes 4 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 recipes/rl_code.py ...
 
-With no --model.path, the embedded default runs: a warm start is made once by this project's own SFT
-recipe on the shipped code tasks' train split (cached in --warmstart.dir and reused while its settings
-are unchanged), then RL trains it on the train split and held-out pass@1 is printed before and after.
+With no --model.path, the embedded default runs: it starts from the SFT warm start shipped in
+vt_core/assets/warmstart_code (made by this recipe's own SFT settings, the WarmStart section; with other
+settings, or --warmstart.shipped false, the SFT recipe makes one first, cached in --warmstart.dir), RL
+trains it on the train split of the shipped code tasks, and held-out pass@1 is printed before and after.
 Every option is a field of RLCodeConfig, set as --section.field value; --help prints them all.
 """
 
@@ -16,28 +17,42 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vt_core.assets import ASSETS_DIR
 from vt_core.config import parse_cli
 from vt_core.trainer.common import ModelSection, OptimSection, RunSection
 from vt_core.trainer.rl import AlgoSection, EvalSection, GenSection, RLConfig, RLData, run_rl
 from vt_core.trainer.sft import SFTConfig, SFTData, run_sft
 
 
+SHIPPED_WARMSTART = ASSETS_DIR / "warmstart_code"
+
+
 @dataclass
 class WarmStart:
     """SFT warm start of the embedded default (ignored when --model.path is given)."""
 
+    shipped: bool = True
+    """Start from the warm start shipped in vt_core/assets/warmstart_code when it was made with exactly
+    these settings (its warmstart.json records them); otherwise, or with false, make one with the SFT
+    recipe (cached in ``dir``)."""
+    only: bool = False
+    """Make (or find) the warm start, print its path and exit (`--warmstart.shipped false --warmstart.only
+    true` is how the shipped one was made)."""
     dir: str = "runs/warmstart_code"
-    """Cache folder: reused when it holds a finished warm start made with the same settings."""
-    steps: int = 150
-    minutes: float = 3.0
-    """Stop the warm-start SFT after this many minutes even if steps remain."""
-    lr: float = 2e-3
-    examples_per_step: int = 64
-    max_examples: int = 6000
-    """Train-split examples used for SFT (the RL stage samples from the whole train split)."""
+    """Cache folder of a warm start made here: reused while its settings are unchanged."""
+    steps: int = 3000
+    minutes: float = 0.0
+    """Also stop the SFT after this many minutes (0: no limit; a limit makes the result machine-dependent)."""
+    lr: float = 3e-3
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.05
+    examples_per_step: int = 16
+    max_examples: int = 0
+    """Train-split examples used for SFT (0: all 20,000; the RL stage samples from the whole train split)."""
 
 
 @dataclass
@@ -48,37 +63,49 @@ class RLCodeConfig(RLConfig):
 
 
 def embedded_default() -> RLCodeConfig:
-    """The preset `torchrun recipes/rl_code.py` runs with no arguments."""
+    """The preset `torchrun recipes/rl_code.py` runs with no arguments: 10 minutes of RL (or 80 steps) on 2 CPU
+    cores from the shipped warm start, evaluated on all 1,024 held-out problems x 4 samples at temperature 1."""
     return RLCodeConfig(
         optim=OptimSection(lr=2e-4, warmup_steps=3, min_lr_ratio=0.5, max_grad_norm=1.0),
-        run=RunSection(out_dir="runs/rl_code", max_steps=40, max_minutes=5.0, seed=0),
+        run=RunSection(out_dir="runs/rl_code", max_steps=80, max_minutes=10.0, seed=0),
         data=RLData(domain="code", prompts_per_step=32, group_size=8),
-        gen=GenSection(temperature=1.0, max_new_tokens=40, kv_cache_tokens=65536, reward_workers=4),
+        gen=GenSection(temperature=1.0, max_new_tokens=16, kv_cache_tokens=65536, reward_workers=4),
         algo=AlgoSection(estimator="grpo", drop_zero_variance=True, micro_tokens=8192),
-        eval=EvalSection(problems=512, samples=4, temperature=1.0),
+        eval=EvalSection(problems=1024, samples=4, temperature=1.0),
     )
+
+
+def warm_start_stamp(cfg: RLCodeConfig) -> dict:
+    """What determines the warm start: its SFT settings, the model section and the seed."""
+    w = {k: v for k, v in asdict(cfg.warmstart).items() if k not in ("shipped", "only", "dir")}
+    return {"warmstart": w, "model": asdict(cfg.model), "seed": cfg.run.seed}
 
 
 def ensure_warm_start(cfg: RLCodeConfig) -> str:
-    """Path of the warm-start checkpoint, running the SFT recipe first when the cache is missing or stale."""
+    """Path of the warm-start checkpoint: the shipped one when its settings match, else a cached one made
+    by the SFT recipe (made first when the cache is missing or stale). A finished warm start folder holds
+    the model, the tokenizer, warmstart.json (the stamp) and sft_metrics.jsonl (the SFT run's log), so
+    shipping one is `cp -r <dir>/final vt_core/assets/warmstart_code`."""
     w = cfg.warmstart
-    root = Path(w.dir)
-    stamp = {"warmstart": asdict(w), "model": asdict(cfg.model), "seed": cfg.run.seed}
-    marker = root / "warmstart.json"
-    final = root / "final"
-    if marker.is_file() and (final / "config.json").is_file() and json.loads(marker.read_text()) == stamp:
-        print(f"[rl_code] reusing warm start {final}", flush=True)
-        return str(final)
+    stamp = warm_start_stamp(cfg)
+    final = Path(w.dir) / "final"
+    candidates = ([SHIPPED_WARMSTART] if w.shipped else []) + [final]
+    for folder in candidates:
+        marker = folder / "warmstart.json"
+        if marker.is_file() and (folder / "config.json").is_file() and json.loads(marker.read_text())["stamp"] == stamp:
+            print(f"[rl_code] using the warm start in {folder}", flush=True)
+            return str(folder)
     sft = SFTConfig(
         model=ModelSection(**asdict(cfg.model)),
-        optim=OptimSection(lr=w.lr, warmup_steps=10, min_lr_ratio=0.1, max_grad_norm=1.0),
-        run=RunSection(out_dir=str(root), max_steps=w.steps, max_minutes=w.minutes, seed=cfg.run.seed,
+        optim=OptimSection(lr=w.lr, warmup_steps=w.warmup_steps, min_lr_ratio=w.min_lr_ratio, max_grad_norm=1.0),
+        run=RunSection(out_dir=w.dir, max_steps=w.steps, max_minutes=w.minutes, seed=cfg.run.seed,
                        device=cfg.run.device, progress=cfg.run.progress),
         data=SFTData(examples_per_step=w.examples_per_step, max_examples=w.max_examples, max_tokens=4096),
     )
-    run_sft(sft)
+    last = run_sft(sft)
     if int(os.environ.get("RANK", "0")) == 0:
-        marker.write_text(json.dumps(stamp, indent=2))
+        shutil.copyfile(Path(w.dir) / "metrics.jsonl", final / "sft_metrics.jsonl")
+        (final / "warmstart.json").write_text(json.dumps({"stamp": stamp, "final_loss": last.get("loss")}, indent=2) + "\n")
     return str(final)
 
 
@@ -86,6 +113,9 @@ def main() -> None:
     cfg = parse_cli(embedded_default())
     if not cfg.model.path:
         cfg.model.path = ensure_warm_start(cfg)
+        if cfg.warmstart.only:
+            print(f"[rl_code] warm start: {cfg.model.path}", flush=True)
+            return
     run_rl(cfg)
 
 

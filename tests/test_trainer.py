@@ -214,3 +214,22 @@ def test_rl_code_runs_on_two_processes(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "held-out pass@1 before:" in res.stdout and "held-out pass@1 after:" in res.stdout
     assert (tmp_path / "rl" / "final" / "config.json").is_file()
+
+
+def test_shipped_warm_start_is_what_the_main_job_uses(load_recipe, tmp_path):
+    """`torchrun recipes/rl_code.py` starts from vt_core/assets/warmstart_code: its recorded SFT settings are the
+    recipe's defaults (so the shipped file is what those settings make), and it loads with the tiny tokenizer."""
+    rl_code = load_recipe("rl_code")
+    cfg = rl_code.embedded_default()
+    shipped = rl_code.SHIPPED_WARMSTART
+    assert json.loads((shipped / "warmstart.json").read_text())["stamp"] == rl_code.warm_start_stamp(cfg)
+    assert rl_code.ensure_warm_start(cfg) == str(shipped)
+    from vt_core import model as vt_model
+    from vt_core.data import check_vocab, load_tokenizer
+
+    model = vt_model.load(shipped)
+    check_vocab(load_tokenizer(shipped), model.config.vocab_size)
+    # Other settings never pick the shipped file up.
+    cfg.warmstart.lr *= 2
+    cfg.warmstart.dir = str(tmp_path / "ws")
+    assert rl_code.warm_start_stamp(cfg) != rl_code.warm_start_stamp(rl_code.embedded_default())
