@@ -175,10 +175,14 @@ class RLTrainer(TrainerCore):
         rt, n = self.rt, self.cfg.data.group_size
         mine = [(pos, i) for pos, i in enumerate(indices) if pos % rt.world_size == rt.rank]
         seeds = [derive_seed(self.cfg.run.seed, self.step * 1_000_003 + i) for _, i in mine]
-        futures = {}
+        futures, done = {}, {}
 
         def score_when_done(p: int, j: int, completion) -> None:  # rewards run while others still generate
-            futures[p, j] = self.scorer.submit(self.problems[mine[p][1]], completion.text)
+            done.setdefault(p, {})[j] = completion.text
+            if len(done[p]) == n:  # the whole group at once: the code verifier runs it in one sandbox launch
+                texts = [done[p][k] for k in range(n)]
+                for k, f in enumerate(self.scorer.submit_group(self.problems[mine[p][1]], texts)):
+                    futures[p, k] = f
 
         t0 = time.perf_counter()
         with self.generation_phase(self.cfg.gen.kv_cache_tokens) as engine:
