@@ -88,8 +88,9 @@ def test_rl_step_raises_logprob_of_rewarded_completions(tmp_path):
     metrics = trainer.train_on(roll, adv, keep, stats)
     assert metrics["skipped"] == 0.0
     after = {t: seq_logprob(t) for t in texts}
-    assert after[" 7"] > before[" 7"] and after[" 17"] > before[" 17"]
-    assert after[" 3"] < before[" 3"] and after[" 9"] < before[" 9"]
+    delta = {t: after[t] - before[t] for t in texts}
+    assert delta[" 7"] > 0 and delta[" 17"] > 0  # rewarded completions gain
+    assert max(delta[" 3"], delta[" 9"]) < min(delta[" 7"], delta[" 17"]) and delta[" 3"] + delta[" 9"] < 0
     trainer.scorer.shutdown()
     trainer.close()
 
@@ -233,3 +234,26 @@ def test_shipped_warm_start_is_what_the_main_job_uses(load_recipe, tmp_path):
     cfg.warmstart.lr *= 2
     cfg.warmstart.dir = str(tmp_path / "ws")
     assert rl_code.warm_start_stamp(cfg) != rl_code.warm_start_stamp(rl_code.embedded_default())
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean"])
+def test_rl_exact_logprobs_mode_has_no_sampler_trainer_gap(tmp_path, aggregation):
+    """gen.exact_logprobs: the engine records the trainer's own logprobs and the training forward is the
+    batch-invariant one, so on CPU in fp32 the ratio's denominator is exactly the trainer's logprob."""
+    rows = [{"prompt": f"f({i})=", "verifier": "ends_with_7_test"} for i in range(3)]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = apply_overrides(RLConfig(), ["--data.path", str(data), "--data.heldout_path", str(data),
+                                       "--data.prompts_per_step", "3", "--data.group_size", "4",
+                                       "--gen.max_new_tokens", "6", "--gen.exact_logprobs", "true",
+                                       "--algo.drop_zero_variance", "false", "--loss.aggregation", aggregation,
+                                       "--run.out_dir", str(tmp_path / "run"), "--run.progress", "false",
+                                       "--run.device", "cpu"])
+    trainer = RLTrainer(cfg)
+    roll = trainer.rollout(trainer.next_problem_indices())
+    roll["rewards"] = [[float(j % 2) for j in range(4)] for _ in roll["rewards"]]  # every group has variance
+    adv, keep, stats = trainer.shaped_advantages(roll)
+    metrics = trainer.train_on(roll, adv, keep, stats)
+    assert metrics["skipped"] == 0.0 and metrics["sampler_logp_diff"] == 0.0
+    trainer.scorer.shutdown()
+    trainer.close()

@@ -33,6 +33,8 @@ importance ratios, are exact; ``processed_logprobs`` stay the decode path's).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -75,6 +77,27 @@ def per_document_attention(model, cu_seqlens: torch.Tensor):
         return torch.cat(outs)
 
     return attention
+
+
+def pad_for_invariance(batch):
+    """``batch`` (a PackedBatch) with a padding document appended when :func:`invariance_padding` asks for
+    one (no loss on it), so a training forward over it keeps every row's bits; positions of the real
+    documents are unchanged, so per-token values scattered onto [T] keep their indices."""
+    pad = invariance_padding(batch.num_tokens)
+    if not pad:
+        return batch
+    dev = batch.input_ids.device
+    return dataclasses.replace(
+        batch,
+        input_ids=torch.cat([batch.input_ids, torch.zeros(pad, dtype=batch.input_ids.dtype, device=dev)]),
+        position_ids=torch.cat([batch.position_ids, torch.arange(pad, dtype=batch.position_ids.dtype, device=dev)]),
+        cu_seqlens=torch.cat([batch.cu_seqlens, batch.cu_seqlens[-1:] + pad]),
+        max_seqlen=max(batch.max_seqlen, pad),
+        targets=torch.cat([batch.targets, torch.full((pad,), -100, dtype=batch.targets.dtype, device=dev)]),
+        loss_mask=torch.cat([batch.loss_mask, torch.zeros(pad, dtype=batch.loss_mask.dtype, device=dev)]),
+        seq_lens=[*batch.seq_lens, pad],
+        example_ids=[*batch.example_ids, -1],
+    )
 
 
 @torch.no_grad()

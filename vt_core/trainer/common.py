@@ -179,13 +179,14 @@ class TrainerCore:
         return copy
 
     @contextmanager
-    def generation_phase(self, kv_cache_tokens: int, weights: dict[str, torch.Tensor] | None = None):
+    def generation_phase(self, kv_cache_tokens: int, weights: dict[str, torch.Tensor] | None = None,
+                         exact_logprobs: bool = False):
         """An Engine over the current weights in eval mode; its KV cache is freed and the training mode
         restored when the phase ends."""
         model = self.generation_model(weights)
         was_training = model.training
         model.eval()
-        engine = Engine(model, self.tokenizer, max_tokens_in_cache=kv_cache_tokens)
+        engine = Engine(model, self.tokenizer, max_tokens_in_cache=kv_cache_tokens, exact_logprobs=exact_logprobs)
         try:
             yield engine
         finally:

@@ -14,6 +14,7 @@ on-policy; with ``algo.updates_per_batch > 1`` old logprobs are recomputed once 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from vt_core import model as vt_model
 from vt_core.data import pack_rl
 from vt_core.eval import encode_prompt, evaluate, summarize
 from vt_core.generation import SamplingParams, derive_seed
+from vt_core.generation.exact import pad_for_invariance, per_document_attention
 from vt_core.kernels import RLLossConfig, group_advantages, linear_logprobs, linear_rl_loss
 from vt_core.rewards.scorer import RewardScorer
 from vt_core.rewards.shaping import apply_overlong_penalty, long2short
@@ -58,6 +60,11 @@ class GenSection:
     """KV cache size of the engine, in tokens."""
     reward_workers: int = 4
     """Verifier threads (each code verification runs in its own sandboxed process)."""
+    exact_logprobs: bool = False
+    """Record the sampler's logprobs with the trainer's own forward (Engine(exact_logprobs=True)) and run the
+    training forward in the same batch-invariant form (per-document attention, invariance padding), so the
+    ratio's denominator is exactly the trainer's: sampler_logp_diff is 0 in fp32 on CPU. Costs one extra
+    forward over the rollout and a slower attention in training."""
 
 
 @dataclass
@@ -185,7 +192,7 @@ class RLTrainer(TrainerCore):
                     futures[p, k] = f
 
         t0 = time.perf_counter()
-        with self.generation_phase(self.cfg.gen.kv_cache_tokens) as engine:
+        with self.generation_phase(self.cfg.gen.kv_cache_tokens, exact_logprobs=self.cfg.gen.exact_logprobs) as engine:
             outs = engine.generate([self.prompt_ids(i) for _, i in mine], [self.sampling_params(s) for s in seeds],
                                    n=n, on_finish=score_when_done)
         gen_s = time.perf_counter() - t0
@@ -243,6 +250,8 @@ class RLTrainer(TrainerCore):
         if loss_cfg.aggregation == "constant" and not loss_cfg.max_tokens:
             loss_cfg = RLLossConfig(**{**loss_cfg.__dict__, "max_tokens": stats["kept_samples"] * cfg.gen.max_new_tokens})
         micro = pack_rl(prompts, comps, cfg.algo.micro_tokens) if prompts else []
+        if cfg.gen.exact_logprobs:  # per-token values scattered onto [T] keep their indices
+            micro = [dataclasses.replace(mb, batch=pad_for_invariance(mb.batch)) for mb in micro]
         unit = "tokens" if loss_cfg.aggregation == "token_mean" else "seqs"
         total_units = stats["kept_tokens"] if unit == "tokens" else stats["kept_samples"]
         old = None
@@ -258,12 +267,12 @@ class RLTrainer(TrainerCore):
                 rollout = mb.scatter_tokens(logps).to(rt.device)
                 adv_t = mb.scatter_samples(torch.tensor(advs)).to(rt.device)
                 ref = self._logprobs(self.ref_model, mb) if self.ref_model is not None else None
-                hidden = self.model(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen)
+                hidden = self._forward(self.model, b)
                 weight = self.model.lm_head_weight  # after forward: unsharded under FSDP2
                 loss, met = linear_rl_loss(hidden, weight, b.targets, adv_t, b.loss_mask, b.cu_seqlens,
                                            old_logprobs=None if old is None else old[m], ref_logprobs=ref,
                                            rollout_logprobs=rollout, config=loss_cfg)
-                units = int(b.loss_mask.sum()) if unit == "tokens" else b.num_seqs
+                units = int(b.loss_mask.sum()) if unit == "tokens" else len(mb.sample_ids)
                 share = units / max(total_units, 1) if loss_cfg.aggregation != "constant" else 1.0
                 self.backward(loss, share)
                 loss_total += float(loss.detach()) * share
@@ -275,11 +284,15 @@ class RLTrainer(TrainerCore):
             result = self.optimizer_step(loss_total)
         return {"loss": loss_total, **metrics_acc, **result}
 
+    def _forward(self, model, b) -> torch.Tensor:
+        """Hidden states of packed batch ``b``; in exact-logprob mode with the batch-invariant attention."""
+        attention = per_document_attention(model, b.cu_seqlens) if self.cfg.gen.exact_logprobs else None
+        return model(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen, attention=attention)
+
     @torch.no_grad()
     def _logprobs(self, model, mb) -> torch.Tensor:
         b = mb.batch
-        hidden = model(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen)
-        return linear_logprobs(hidden, model.lm_head_weight, b.targets.clamp(min=0))
+        return linear_logprobs(self._forward(model, b), model.lm_head_weight, b.targets.clamp(min=0))
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate_heldout(self, label: str) -> dict:
