@@ -24,6 +24,13 @@ Contenders, ``ce`` (mean next-token cross-entropy over completion tokens, ignore
 ``vt`` (``linear_cross_entropy``), ``naive`` (fp32 logits + F.cross_entropy), GPU only: ``liger_flce``
 (``LigerFusedLinearCrossEntropyLoss``; Triton-only, so it cannot run on CPU) and ``vt_torch_compiled``.
 
+On CPU the contenders of one (T, op) group are timed together, round-robin (``measure_many``): round r
+calls each contender once, back to back, so load from other work on the machine hits them alike; for vt
+the figures ``paired_time_vs_<ref>`` (wall clock) and ``paired_cpu_time_vs_<ref>`` (process CPU time) are
+medians over rounds of vt's time / the reference's time in the same round (printed too). On a loaded
+machine the CPU-time figures (``cpu_time_median_ms``, ``cpu_time_vs_<ref>``) are the ones to compare: wall
+clock then mostly measures how long the process waited for a core.
+
 Figures per contender: time (harness quantiles), ``peak_mem_mb`` (allocated during the step, gradients
 included) and ``extra_mem_mb`` = peak minus the two gradients (memory beyond inputs and their grads),
 ``tflops_8TDV`` = 8*T*D*V / time (the fused-loss convention: logits forward, recompute, two grad GEMMs;
@@ -33,12 +40,14 @@ for ``gemm`` the figure ``tflops`` counts its real 6*T*D*V). Per T, ``vs_naive``
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from harness import bench_argparser, measure, write_record
+from harness import bench_argparser, measure, measure_many, write_record
 from vt_core.kernels import RLLossConfig, linear_cross_entropy, linear_rl_loss, rl_loss_from_logprobs
 from vt_core.kernels.linear_logprobs import linear_token_stats
 
@@ -190,7 +199,45 @@ def _ratios(group: dict) -> None:
         for fig in group.values():
             if "median_ms" in fig:
                 fig[f"time_{tag}"] = fig["median_ms"] / group[ref]["median_ms"]
+                if "cpu_time_median_ms" in fig:
+                    fig[f"cpu_time_{tag}"] = fig["cpu_time_median_ms"] / group[ref]["cpu_time_median_ms"]
                 fig[f"extra_mem_{tag}"] = fig["extra_mem_mb"] / group[ref]["extra_mem_mb"]
+
+
+def _measure_group_cpu(fns: dict, x: Inputs, args) -> dict:
+    """All contenders round-robin in one ``measure_many`` call; each call's wall and process CPU time are also
+    kept, so that vt's times can be divided by a reference's times in the same round."""
+    calls: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
+
+    def timed(name, run):
+        def call():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            calls[name].append((time.perf_counter() - start, time.process_time() - start_cpu))
+        return call
+
+    figs = measure_many({name: timed(name, x.step(fn)) for name, fn in fns.items()}, device="cpu",
+                        warmup=args.warmup, repeats=args.repeats)
+    group = {name: _derived(fig, x, name) for name, fig in figs.items()}
+    rounds = slice(args.warmup, args.warmup + args.repeats)  # after the warm-up calls, before the memory call
+    for ref, tag in RATIO_REFS.items():
+        if "vt" in calls and ref in calls:
+            for i, kind in enumerate(("time", "cpu_time")):
+                pairs = [a[i] / b[i] for a, b in zip(calls["vt"][rounds], calls[ref][rounds])]
+                group["vt"][f"paired_{kind}_{tag}"] = statistics.median(pairs)
+                group["vt"][f"paired_{kind}_rounds_{tag}"] = pairs
+    return group
+
+
+def _measure_group_cuda(fns: dict, x: Inputs, args) -> dict:
+    group = {}
+    for name, fn in fns.items():
+        try:
+            group[name] = _derived(measure(x.step(fn), device="cuda"), x, name)
+        except torch.cuda.OutOfMemoryError:
+            group[name] = {"oom": True}
+            torch.cuda.empty_cache()
+    return group
 
 
 def main():
@@ -213,11 +260,12 @@ def main():
     shapes = {"T": list(tokens), "D": shape["D"], "V": shape["V"], "dtype": str(shape["dtype"]),
               "seq_len": shape["seq_len"], "prompt_len": shape["prompt_len"], "ops": args.ops}
     if device == "cpu":
-        notes.append("CPU timings are noisy: the 2 cores are shared with 7 other agents (see load_average).")
+        notes.append("CPU timings are noisy when other work shares the cores (see load_average); "
+                     "compare cpu_time_median_ms / cpu_time_vs_* and the paired ratios.")
         notes.append("liger_flce (LigerFusedLinearCrossEntropyLoss) is Triton-only and cannot run on CPU.")
 
     def save(done: bool):
-        """Write the record (also after every contender, so a run cut short keeps what it measured)."""
+        """Write the record (also after every (T, op) group, so a run cut short keeps what it measured)."""
         status = [] if done else ["PARTIAL: written before the run finished."]
         return write_record(record_name, args, shapes=shapes, results=results, notes=" ".join(notes + status))
 
@@ -228,26 +276,22 @@ def main():
             if device == "cuda" and op == "rl":
                 grad_logits = torch.randn(T, x.V, device=device, dtype=x.hidden.dtype)
                 fns["gemm"] = lambda: (x.hidden @ x.weight.t(), grad_logits)
-            group = {}
-            for name, fn in fns.items():
-                if args.contenders and name not in args.contenders:
-                    continue
-                if not _fits(name, x, device, notes):
-                    continue
-                run = x.step(fn)
-                try:
-                    fig = measure(run, device=device, warmup=args.warmup, repeats=args.repeats)
-                except torch.cuda.OutOfMemoryError:
-                    group[name] = {"oom": True}
-                    torch.cuda.empty_cache()
-                    continue
-                group[name] = _derived(fig, x, name)
-                results[f"{op}/T={T}/{name}"] = group[name]
-                save(done=False)
-                print(f"T={T} {op:>2} {name:<22} {fig['median_ms']:10.1f} ms  peak {fig['peak_mem_mb']:9.1f} MiB"
-                      f"  extra {fig['extra_mem_mb']:9.1f} MiB", flush=True)
+            fns = {name: fn for name, fn in fns.items()
+                   if (not args.contenders or name in args.contenders) and _fits(name, x, device, notes)}
+            group = (_measure_group_cpu(fns, x, args) if device == "cpu" else _measure_group_cuda(fns, x, args))
             _ratios(group)
-            results.update({f"{op}/T={T}/{name}": fig for name, fig in group.items()})
+            for name, fig in group.items():
+                results[f"{op}/T={T}/{name}"] = fig
+                if "median_ms" in fig:
+                    print(f"T={T} {op:>2} {name:<22} {fig['median_ms']:10.1f} ms  peak {fig['peak_mem_mb']:9.1f} MiB"
+                          f"  extra {fig['extra_mem_mb']:9.1f} MiB", flush=True)
+            for ref, tag in RATIO_REFS.items():
+                for kind in ("time", "cpu_time"):
+                    if ref in group and f"paired_{kind}_{tag}" in group.get("vt", {}):
+                        rounds = [round(r, 3) for r in group["vt"][f"paired_{kind}_rounds_{tag}"]]
+                        print(f"T={T} {op:>2} vt / {ref} {kind} paired over rounds: median "
+                              f"{group['vt'][f'paired_{kind}_{tag}']:.3f}  rounds {rounds}", flush=True)
+            save(done=False)
             if device == "cuda":
                 del fns
                 torch.cuda.empty_cache()

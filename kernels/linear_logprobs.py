@@ -11,18 +11,34 @@ and its backward takes the upstream gradients of those [T] statistics and produc
 ``hidden`` [T, D] and ``weight`` [V, D]. :func:`linear_logprobs`, ``linear_cross_entropy`` and
 ``linear_rl_loss`` are [T]-sized torch math on top of it, with autograd carrying [T] gradients back here.
 
-Two paths, both bounded in memory:
+Two backends, both bounded in memory, share one structure: tokens go in chunks of ``Tc`` rows; per chunk one
+GEMM gives the logits chunk ``h_c @ W.T`` [Tc, V], a reduction pass gives the rows' statistics, and for
+gradients the chunk is overwritten in place with d(loss)/d(logits) and two more GEMMs give the chunk's rows
+of d hidden (``dlogits @ W``) and its share of d weight (``dlogits.T @ h_c``). Peak extra memory is one
+[Tc, V] chunk plus [T] statistics.
 
-- Triton (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``): tokens go in chunks of ``Tc`` rows.
-  The matmul-shaped work (logits chunk ``h_c @ W.T`` [Tc, V], ``dlogits @ W`` and ``dlogits.T @ h_c``)
-  runs on the vendor GEMM in the input dtype; the Triton kernels do everything between the GEMMs in one
-  pass over the chunk: the forward kernel reduces each row with an online logsumexp over vocab tiles, the
-  backward kernel overwrites the recomputed logits chunk with d(loss)/d(logits) in place. Peak extra
-  memory is one [Tc, V] chunk (Tc chosen per device so that it stays near ``_CHUNK_BYTES``) plus [T] stats.
-  Each GEMM accumulates in fp32; in half precision the weight gradient is summed over token chunks in the
-  weight's dtype (no fp32 [V, D] buffer), as the un-fused torch graph's own per-GEMM rounding would.
-- torch (the reference, the CPU path and the test oracle): fp32 tiles of [Tc, Vc] with the same online
-  logsumexp; the backward recomputes each tile. Never more than one tile of logits.
+- Triton (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``): the GEMMs run on the vendor BLAS in the
+  input dtype (fp32 accumulation); Triton kernels do the passes between them (an online logsumexp over
+  vocab tiles; the in-place logits gradient). Tc is chosen per device so that a chunk stays near
+  ``_CHUNK_BYTES``. In half precision the weight gradient is summed over token chunks in the weight's dtype
+  (no fp32 [V, D] buffer), as the un-fused torch graph's own per-GEMM rounding would.
+- torch (the reference, the CPU path and the test oracle): fp32 chunks of ``_TORCH_TOKEN_CHUNK`` rows (a
+  fixed count: ``vt_core.generation.exact`` pads batches by it for per-row bitwise invariance) times the
+  whole vocabulary, one GEMM each for fp32 weights (wide GEMMs use a CPU core better than vocabulary
+  tiles do); half weights are converted to fp32 ``_TORCH_VOCAB_CHUNK`` rows at a time, and
+  the elementwise passes walk vocabulary tiles of that width so their temporaries stay small.
+
+Two ways to get gradients:
+
+- recompute (:func:`linear_token_stats`, any upstream gradient of the [T] statistics): the forward keeps
+  only [T] statistics; the backward computes each logits chunk again. Forward + backward = 4 GEMMs per
+  chunk (8 T D V flops). Used by :func:`linear_logprobs` and by the no-grad scoring path.
+- gradient in the forward (:func:`linear_token_loss`, a scalar loss that is a sum of per-token terms, each
+  a function of its own token's statistics): once a chunk's statistics are known, the terms' gradients for
+  those rows are known too, so the chunk becomes its logits gradient at once and the backward only scales
+  the stored d hidden / d weight by the incoming scalar. 3 GEMMs per chunk (6 T D V flops), no second
+  pass over the vocabulary; the gradient buffers (the size of the inputs' gradients) exist from the
+  forward on. The losses pick it automatically when gradients are needed (``grad_mode``).
 
 Gradient of the statistics with respect to the scaled logits z = x / temperature, used by both paths:
 d lse / dz_v = p_v;  d target / dz_v = [v = y];  d sum / dz_v = 1;  d entropy / dz_v = -p_v (z_v - lse + H).
@@ -30,7 +46,7 @@ d lse / dz_v = p_v;  d target / dz_v = [v = y];  d sum / dz_v = 1;  d entropy / 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import triton
@@ -39,7 +55,7 @@ import triton.language as tl
 from ._dispatch import resolve_backend, triton_interpret
 
 _CHUNK_BYTES = 512 * 2**20
-_TORCH_TOKEN_CHUNK = 512
+_TORCH_TOKEN_CHUNK = 256
 _TORCH_VOCAB_CHUNK = 8192
 _INTERPRET_TOKEN_CHUNK = 32
 _INTERPRET_BV = 512
@@ -130,107 +146,171 @@ def _triton_tiles(hidden: torch.Tensor, V: int) -> tuple[int, int, int, int]:
     return rows, _CUDA_BT, _CUDA_BV, 8
 
 
-def _fwd_triton(hidden, weight, targets, inv_temp, need_ent, need_sum):
-    T, V = hidden.shape[0], weight.shape[0]
-    chunk, BT, BV, warps = _triton_tiles(hidden, V)
-    tgt, lse, ent, lsum = (torch.empty(T, device=hidden.device, dtype=torch.float32) for _ in range(4))
-    for t0 in range(0, T, chunk):
-        t1 = min(T, t0 + chunk)
-        x = hidden[t0:t1] @ weight.T
-        _stats_fwd_kernel[(triton.cdiv(t1 - t0, BT),)](
-            x, targets[t0:t1], tgt[t0:t1], lse[t0:t1], ent[t0:t1], lsum[t0:t1], t1 - t0, V, inv_temp,
-            BT=BT, BV=BV, ENTROPY=need_ent, SUM=need_sum, num_warps=warps,
-        )
-    return tgt, lse, ent, lsum
+def _vocab_tiles(V: int) -> list[tuple[int, int]]:
+    return [(v0, min(V, v0 + _TORCH_VOCAB_CHUNK)) for v0 in range(0, V, _TORCH_VOCAB_CHUNK)]
 
 
-def _bwd_triton(hidden, weight, targets, inv_temp, lse, ent, g_tgt, g_lse, g_ent, g_sum, need_dh, need_dw):
-    T, V = hidden.shape[0], weight.shape[0]
-    chunk, BT, BV, warps = _triton_tiles(hidden, V)
-    dh = torch.empty_like(hidden) if need_dh else None
-    dw = torch.zeros_like(weight) if need_dw else None
-    for t0 in range(0, T, chunk):
-        t1 = min(T, t0 + chunk)
+def _weight_tiles(weight: torch.Tensor):
+    """(v0, v1, fp32 rows of the weight): one tile of all V for fp32 weights (the fastest GEMM), else
+    vocabulary tiles converted one at a time (never an fp32 copy of the whole head)."""
+    if weight.dtype == torch.float32:
+        return [(0, weight.shape[0], weight)]
+    return [(v0, v1, weight[v0:v1].float()) for v0, v1 in _vocab_tiles(weight.shape[0])]
+
+
+def _torch_logits(hs: torch.Tensor, weight: torch.Tensor, z: torch.Tensor) -> None:
+    """z [n, V] (fp32) = hs @ weight.T, hs: fp32 rows already divided by the temperature."""
+    if weight.dtype == torch.float32:
+        torch.mm(hs, weight.T, out=z)
+        return
+    for v0, v1, w in _weight_tiles(weight):
+        z[:, v0:v1] = hs @ w.T
+
+
+def _torch_stats(z, y, tgt, lse, ent, lsum, need_ent, need_sum):
+    """Statistics of the fp32 logits chunk z [n, V] into the [n] slices tgt/lse/ent/lsum."""
+    m = z.amax(dim=1, keepdim=True)
+    s = torch.zeros_like(lse)
+    u = torch.zeros_like(lse)
+    for v0, v1 in _vocab_tiles(z.shape[1]):
+        e = torch.sub(z[:, v0:v1], m).exp_()
+        s += e.sum(dim=1)
+        if need_ent:
+            u += e.mul_(z[:, v0:v1]).sum(dim=1)
+    torch.add(m[:, 0], torch.log(s), out=lse)
+    if need_ent:
+        torch.sub(lse, u / s, out=ent)
+    if need_sum:
+        torch.sum(z, dim=1, out=lsum)
+    tgt.copy_(torch.where(y >= 0, z.gather(1, y.clamp(min=0)[:, None])[:, 0], 0.0))
+
+
+def _torch_dlogits(z, y, lse, ent, g_tgt, g_lse, g_ent, g_sum):
+    """Overwrite the fp32 logits chunk z [n, V] with d(loss)/dz, given the upstream [n] gradients."""
+    lse_minus_h = None if g_ent is None else (lse - ent)[:, None]
+    for v0, v1 in _vocab_tiles(z.shape[1]):
+        zt = z[:, v0:v1]
+        p = torch.sub(zt, lse[:, None]).exp_()
+        if g_ent is None:
+            zt.copy_(p.mul_(g_lse[:, None]))
+        else:
+            zt.sub_(lse_minus_h).mul_(-g_ent[:, None]).add_(g_lse[:, None]).mul_(p)
+        if g_sum is not None:
+            zt.add_(g_sum[:, None])
+    z.scatter_add_(1, y.clamp(min=0)[:, None], torch.where(y >= 0, g_tgt, 0.0)[:, None])
+
+
+def _row_chunks(hidden: torch.Tensor, V: int, backend: str) -> list[tuple[int, int]]:
+    T = hidden.shape[0]
+    rows = _triton_tiles(hidden, V)[0] if backend == "triton" else _TORCH_TOKEN_CHUNK
+    return [(t0, min(T, t0 + rows)) for t0 in range(0, T, rows)]
+
+
+def _logits_buffer(hidden, weight, backend, chunks) -> torch.Tensor:
+    """One logits chunk, reused by every chunk: fp32 on the torch path, the input dtype for Triton."""
+    rows = max((t1 - t0 for t0, t1 in chunks), default=0)
+    dtype = torch.float32 if backend == "torch" else hidden.dtype
+    return torch.empty(rows, weight.shape[0], device=hidden.device, dtype=dtype)
+
+
+def _chunk_logits(backend, hidden, weight, t0, t1, inv_temp, buf):
+    """(logits chunk in ``buf``, the rows the weight gradient multiplies): the raw logits in the input dtype for
+    Triton (its kernels apply the temperature), fp32 logits of rows pre-divided by the temperature for torch."""
+    x = buf[: t1 - t0]
+    if backend == "triton":
         h = hidden[t0:t1]
-        x = h @ weight.T
-        _stats_bwd_kernel[(triton.cdiv(t1 - t0, BT),)](
-            x, targets[t0:t1], lse[t0:t1], ent[t0:t1] if g_ent is not None else lse[t0:t1],
-            g_tgt[t0:t1], g_lse[t0:t1],
-            g_ent[t0:t1] if g_ent is not None else g_lse[t0:t1],
-            g_sum[t0:t1] if g_sum is not None else g_lse[t0:t1],
-            t1 - t0, V, inv_temp, BT=BT, BV=BV, ENTROPY=g_ent is not None, SUM=g_sum is not None, num_warps=warps,
-        )
-        if need_dh:
-            torch.mm(x, weight, out=dh[t0:t1])
-        if need_dw:
-            dw.addmm_(x.T, h)
+        torch.mm(h, weight.T, out=x)
+        return x, h
+    hs = hidden[t0:t1].float()
+    hs = hs * inv_temp if inv_temp != 1.0 else hs
+    _torch_logits(hs, weight, x)
+    return x, hs
+
+
+def _chunk_stats(backend, x, y, inv_temp, tgt, lse, ent, lsum, need_ent, need_sum):
+    if backend == "torch":
+        _torch_stats(x, y, tgt, lse, ent, lsum, need_ent, need_sum)
+        return
+    BT, BV, warps = _triton_tiles(x, x.shape[1])[1:]
+    _stats_fwd_kernel[(triton.cdiv(x.shape[0], BT),)](
+        x, y, tgt, lse, ent, lsum, x.shape[0], x.shape[1], inv_temp,
+        BT=BT, BV=BV, ENTROPY=need_ent, SUM=need_sum, num_warps=warps,
+    )
+
+
+def _chunk_grads(backend, x, hs, weight, y, inv_temp, lse, ent, g_tgt, g_lse, g_ent, g_sum, dh, dw, first):
+    """Turn the logits chunk x into d(loss)/d(logits) in place, then write the chunk's rows of dh and add its
+    share of dw (``first``: dw holds no earlier chunk yet, so it is written rather than accumulated)."""
+    beta = 0.0 if first else 1.0
+    if backend == "torch":
+        _torch_dlogits(x, y, lse, ent, g_tgt, g_lse, g_ent, g_sum)
+        for v0, v1, w in _weight_tiles(weight):
+            d = x[:, v0:v1]
+            if dh is not None:
+                dh.addmm_(d, w, beta=0.0 if v0 == 0 else 1.0, alpha=inv_temp)
+            if dw is not None:
+                dw[v0:v1].addmm_(d.T, hs, beta=beta)
+        return
+    BT, BV, warps = _triton_tiles(x, x.shape[1])[1:]
+    _stats_bwd_kernel[(triton.cdiv(x.shape[0], BT),)](
+        x, y, lse, ent if g_ent is not None else lse, g_tgt, g_lse,
+        g_ent if g_ent is not None else g_lse, g_sum if g_sum is not None else g_lse,
+        x.shape[0], x.shape[1], inv_temp, BT=BT, BV=BV, ENTROPY=g_ent is not None, SUM=g_sum is not None,
+        num_warps=warps,
+    )
+    if dh is not None:
+        torch.mm(x, weight, out=dh)
+    if dw is not None:
+        dw.addmm_(x.T, hs, beta=beta)
+
+
+def _grad_buffers(hidden, weight, backend, need_dh, need_dw):
+    """Gradient buffers: fp32 on the torch path, the input dtype on the Triton path (whose GEMMs accumulate in
+    fp32 and round once per chunk). Left uninitialised: every row of dh is written once, and dw is written by
+    the first chunk (zeros when there are no tokens)."""
+    dtype = torch.float32 if backend == "torch" else hidden.dtype
+    dh = torch.empty(hidden.shape, device=hidden.device, dtype=dtype) if need_dh else None
+    alloc = torch.zeros if hidden.shape[0] == 0 else torch.empty
+    dw = alloc(weight.shape, device=weight.device, dtype=dtype) if need_dw else None
     return dh, dw
 
 
-def _fwd_torch(hidden, weight, targets, inv_temp, need_ent, need_sum):
-    T, V = hidden.shape[0], weight.shape[0]
-    f32 = dict(device=hidden.device, dtype=torch.float32)
-    tgt, lse, ent, lsum = (torch.zeros(T, **f32) for _ in range(4))
-    for t0 in range(0, T, _TORCH_TOKEN_CHUNK):
-        t1 = min(T, t0 + _TORCH_TOKEN_CHUNK)
-        h, y = hidden[t0:t1].float(), targets[t0:t1]
-        m = torch.full((t1 - t0,), _NEG_LARGE, **f32)
-        s, u, zsum, zt = (torch.zeros(t1 - t0, **f32) for _ in range(4))
-        for v0 in range(0, V, _TORCH_VOCAB_CHUNK):
-            v1 = min(V, v0 + _TORCH_VOCAB_CHUNK)
-            z = (h @ weight[v0:v1].float().T).mul_(inv_temp)
-            m_new = torch.maximum(m, z.amax(dim=1))
-            a = torch.exp(m - m_new)
-            e = torch.exp(z - m_new[:, None])
-            s = s * a + e.sum(dim=1)
-            if need_ent:
-                u = u * a + (e * z).sum(dim=1)
-            if need_sum:
-                zsum += z.sum(dim=1)
-            hit = (y >= v0) & (y < v1)
-            zt += torch.where(hit, z.gather(1, (y - v0).clamp(0, v1 - v0 - 1)[:, None])[:, 0], 0.0)
-            m = m_new
-        lse[t0:t1] = m + torch.log(s)
-        tgt[t0:t1] = zt
-        if need_ent:
-            ent[t0:t1] = lse[t0:t1] - u / s
-        if need_sum:
-            lsum[t0:t1] = zsum
-    return tgt, lse, ent, lsum
+def _new_stats(hidden: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.zeros(hidden.shape[0], device=hidden.device, dtype=torch.float32) for _ in range(4)]
 
 
-def _bwd_torch(hidden, weight, targets, inv_temp, lse, ent, g_tgt, g_lse, g_ent, g_sum, need_dh, need_dw):
-    T, V = hidden.shape[0], weight.shape[0]
-    dh = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32) if need_dh else None
-    dw = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_dw else None
-    for t0 in range(0, T, _TORCH_TOKEN_CHUNK):
-        t1 = min(T, t0 + _TORCH_TOKEN_CHUNK)
-        h, y, l_c = hidden[t0:t1].float(), targets[t0:t1], lse[t0:t1, None]
-        for v0 in range(0, V, _TORCH_VOCAB_CHUNK):
-            v1 = min(V, v0 + _TORCH_VOCAB_CHUNK)
-            w = weight[v0:v1].float()
-            z = (h @ w.T).mul_(inv_temp)
-            p = torch.exp(z - l_c)
-            d = p * g_lse[t0:t1, None]
-            if g_ent is not None:
-                d -= g_ent[t0:t1, None] * p * (z - l_c + ent[t0:t1, None])
-            if g_sum is not None:
-                d += g_sum[t0:t1, None]
-            hit = (y >= v0) & (y < v1)
-            d.scatter_add_(1, (y - v0).clamp(0, v1 - v0 - 1)[:, None], torch.where(hit, g_tgt[t0:t1], 0.0)[:, None])
-            d.mul_(inv_temp)
-            if need_dh:
-                dh[t0:t1].addmm_(d, w)
-            if need_dw:
-                dw[v0:v1].addmm_(d.T, h)
-    return (dh.to(hidden.dtype) if need_dh else None), (dw.to(weight.dtype) if need_dw else None)
+def _forward(hidden, weight, targets, inv_temp, need_ent, need_sum, backend):
+    stats = _new_stats(hidden)
+    chunks = _row_chunks(hidden, weight.shape[0], backend)
+    buf = _logits_buffer(hidden, weight, backend, chunks)
+    for t0, t1 in chunks:
+        x, _ = _chunk_logits(backend, hidden, weight, t0, t1, inv_temp, buf)
+        _chunk_stats(backend, x, targets[t0:t1], inv_temp, *(s[t0:t1] for s in stats), need_ent, need_sum)
+    return stats
+
+
+def _backward(hidden, weight, targets, inv_temp, lse, ent, g_tgt, g_lse, g_ent, g_sum, need_dh, need_dw, backend):
+    """The recompute backward: every logits chunk is computed again and turned into its gradient."""
+    dh, dw = _grad_buffers(hidden, weight, backend, need_dh, need_dw)
+    chunks = _row_chunks(hidden, weight.shape[0], backend)
+    buf = _logits_buffer(hidden, weight, backend, chunks)
+    for t0, t1 in chunks:
+        x, hs = _chunk_logits(backend, hidden, weight, t0, t1, inv_temp, buf)
+        rows = slice(t0, t1)
+        _chunk_grads(backend, x, hs, weight, targets[rows], inv_temp, lse[rows], ent[rows], g_tgt[rows],
+                     g_lse[rows], None if g_ent is None else g_ent[rows], None if g_sum is None else g_sum[rows],
+                     None if dh is None else dh[rows], dw, t0 == 0)
+    return (None if dh is None else dh.to(hidden.dtype)), (None if dw is None else dw.to(weight.dtype))
+
+
+def _upstream(g, like):
+    return torch.zeros_like(like) if g is None else g.float().contiguous()
 
 
 class _LinearTokenStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, inv_temp, need_ent, need_sum, backend):
-        fwd = _fwd_triton if backend == "triton" else _fwd_torch
-        tgt, lse, ent, lsum = fwd(hidden, weight, targets, inv_temp, need_ent, need_sum)
+        tgt, lse, ent, lsum = _forward(hidden, weight, targets, inv_temp, need_ent, need_sum, backend)
         ctx.save_for_backward(hidden, weight, targets, lse, ent)
         ctx.inv_temp, ctx.backend = inv_temp, backend
         ctx.set_materialize_grads(False)
@@ -246,13 +326,61 @@ class _LinearTokenStats(torch.autograd.Function):
         need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_dh or need_dw) or all(g is None for g in (g_tgt, g_lse, g_ent, g_sum)):
             return None, None, None, None, None, None, None
-        g_tgt = torch.zeros_like(lse) if g_tgt is None else g_tgt.float().contiguous()
-        g_lse = torch.zeros_like(lse) if g_lse is None else g_lse.float().contiguous()
         g_ent = None if g_ent is None else g_ent.float().contiguous()
         g_sum = None if g_sum is None else g_sum.float().contiguous()
-        bwd = _bwd_triton if ctx.backend == "triton" else _bwd_torch
-        dh, dw = bwd(hidden, weight, targets, ctx.inv_temp, lse, ent, g_tgt, g_lse, g_ent, g_sum, need_dh, need_dw)
+        dh, dw = _backward(hidden, weight, targets, ctx.inv_temp, lse, ent, _upstream(g_tgt, lse),
+                           _upstream(g_lse, lse), g_ent, g_sum, need_dh, need_dw, ctx.backend)
         return dh, dw, None, None, None, None, None
+
+
+def _token_loss_grads(token_loss, rows, stats, need_ent, need_sum):
+    """(sum of ``token_loss`` over the rows, its gradients with respect to the rows' four statistics)."""
+    with torch.enable_grad():
+        leaves = [s.detach().requires_grad_() for s in stats]
+        view = TokenStats(leaves[0], leaves[1], leaves[2] if need_ent else None, leaves[3] if need_sum else None)
+        loss = token_loss(view, rows).sum()
+        if not loss.requires_grad:
+            return loss.detach(), [None] * 4
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return loss.detach(), [None if g is None else g.float().contiguous() for g in grads]
+
+
+class _LinearTokenLoss(torch.autograd.Function):
+    """Gradient in the forward: each logits chunk, once its statistics and their per-token loss gradients are
+    known, becomes d(loss)/d(logits) right away, so the backward only scales dh/dw by the incoming scalar."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, inv_temp, need_ent, need_sum, token_loss, backend):
+        dh, dw = _grad_buffers(hidden, weight, backend, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        stats = _new_stats(hidden)
+        loss = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        chunks = _row_chunks(hidden, weight.shape[0], backend)
+        buf = _logits_buffer(hidden, weight, backend, chunks)
+        for t0, t1 in chunks:
+            rows = slice(t0, t1)
+            x, hs = _chunk_logits(backend, hidden, weight, t0, t1, inv_temp, buf)
+            tgt, lse, ent, lsum = (s[rows] for s in stats)
+            _chunk_stats(backend, x, targets[rows], inv_temp, tgt, lse, ent, lsum, need_ent, need_sum)
+            part, (g_tgt, g_lse, g_ent, g_sum) = _token_loss_grads(token_loss, rows, (tgt, lse, ent, lsum),
+                                                                   need_ent, need_sum)
+            loss += part
+            _chunk_grads(backend, x, hs, weight, targets[rows], inv_temp, lse, ent, _upstream(g_tgt, lse),
+                         _upstream(g_lse, lse), g_ent, g_sum, None if dh is None else dh[rows], dw, t0 == 0)
+        ctx.grads = (dh, dw)
+        ctx.dtype = hidden.dtype
+        ctx.mark_non_differentiable(*stats)
+        return (loss, *stats)
+
+    @staticmethod
+    def backward(ctx, g_loss, *_):
+        grads, ctx.grads = ctx.grads, None
+        scale = None if bool(g_loss == 1) else g_loss.float()
+        out = []
+        for g in grads:
+            if g is not None and scale is not None:
+                g = g.mul_(scale) if g.dtype == torch.float32 else g.float().mul_(scale)
+            out.append(None if g is None else g.to(ctx.dtype))
+        return (*out, None, None, None, None, None, None)
 
 
 class TokenStats(NamedTuple):
@@ -293,6 +421,15 @@ def check_linear_inputs(op: str, hidden: torch.Tensor, weight: torch.Tensor, tar
         raise ValueError(f"{op}: targets must be an integer tensor, got {targets.dtype}")
 
 
+def _check_stats_args(op, hidden, weight, targets, temperature) -> None:
+    check_linear_inputs(op, hidden, weight, targets)
+    if not temperature > 0:
+        raise ValueError(f"{op}: temperature must be > 0, got {temperature}")
+    V = weight.shape[0]
+    if targets.numel() and int(targets.max()) >= V:
+        raise ValueError(f"{op}: targets must be < V = {V}, got max {int(targets.max())}")
+
+
 def linear_token_stats(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -310,18 +447,62 @@ def linear_token_stats(
     ``backend`` overrides ``VT_BACKEND`` ("torch" or "triton").
     """
     op = "linear_token_stats"
-    check_linear_inputs(op, hidden, weight, targets)
-    if not temperature > 0:
-        raise ValueError(f"{op}: temperature must be > 0, got {temperature}")
-    V = weight.shape[0]
-    if targets.numel() and int(targets.max()) >= V:
-        raise ValueError(f"{op}: targets must be < V = {V}, got max {int(targets.max())}")
+    _check_stats_args(op, hidden, weight, targets, temperature)
     chosen = _pick_backend(op, hidden, backend)
     tgt, lse, ent, lsum = _LinearTokenStats.apply(
         hidden.contiguous(), weight.contiguous(), targets.to(torch.int64).contiguous(),
         1.0 / float(temperature), bool(entropy), bool(logit_sum), chosen,
     )
     return TokenStats(tgt, lse, ent if entropy else None, lsum if logit_sum else None)
+
+
+GRAD_MODES = ("fused", "recompute")
+
+
+def wants_fused_grad(op: str, grad_mode: Optional[str], *tensors: torch.Tensor) -> bool:
+    """Whether a scalar loss takes the gradient-in-the-forward path: ``grad_mode`` None (auto) or "fused" when
+    autograd will want gradients of ``tensors``; "recompute" never. Without gradients there is nothing to fuse."""
+    if grad_mode not in (None, *GRAD_MODES):
+        raise ValueError(f"{op}: grad_mode must be None, 'fused' or 'recompute', got {grad_mode!r}")
+    return grad_mode != "recompute" and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def linear_token_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    token_loss: Callable[[TokenStats, slice], torch.Tensor],
+    temperature: float = 1.0,
+    entropy: bool = False,
+    logit_sum: bool = False,
+    backend: Optional[str] = None,
+    grad_mode: Optional[str] = None,
+) -> tuple[torch.Tensor, TokenStats]:
+    """A scalar loss ``sum_t token_loss(stats, rows)[t]`` over the fused statistics, with its gradient taken in
+    the forward where that pays (see the module docstring).
+
+    hidden, weight, targets, temperature, entropy, logit_sum, backend: as :func:`linear_token_stats`.
+    token_loss(stats, rows): given the :class:`TokenStats` of the token rows ``rows`` (a slice of range(T)),
+    returns their [n] loss terms, differentiable in the statistics. A row's term may depend only on that
+    row's statistics (and on fixed per-token data the callable indexes with ``rows``): the fused path calls
+    it chunk by chunk. grad_mode: None (auto: "fused" when autograd needs gradients of hidden or weight),
+    "fused" or "recompute" (:func:`linear_token_stats`, then token_loss over all rows); both give the same
+    loss and gradients up to fp32 rounding.
+    Returns (loss, stats): a 0-d fp32 loss differentiable w.r.t. hidden and weight, and the detached fp32
+    [T] statistics (for metrics).
+    """
+    op = "linear_token_loss"
+    fused = wants_fused_grad(op, grad_mode, hidden, weight)
+    if not fused:
+        stats = linear_token_stats(hidden, weight, targets, temperature, entropy, logit_sum, backend)
+        loss = token_loss(stats, slice(0, hidden.shape[0])).sum()
+        return loss, TokenStats(*(None if s is None else s.detach() for s in stats))
+    _check_stats_args(op, hidden, weight, targets, temperature)
+    loss, tgt, lse, ent, lsum = _LinearTokenLoss.apply(
+        hidden.contiguous(), weight.contiguous(), targets.to(torch.int64).contiguous(), 1.0 / float(temperature),
+        bool(entropy), bool(logit_sum), token_loss, _pick_backend(op, hidden, backend),
+    )
+    return loss, TokenStats(tgt, lse, ent if entropy else None, lsum if logit_sum else None)
 
 
 def linear_logprobs(

@@ -42,20 +42,23 @@ def check(ours, ref, hidden, weight, h64, w64, tol):
 
 
 @pytest.mark.parametrize(
-    "backend,reduction,label_smoothing,z_loss",
+    "backend,reduction,label_smoothing,z_loss,grad_mode",
     [
-        ("torch", "mean", 0.0, 0.0),
-        ("torch", "sum", 0.1, 1e-3),
-        ("torch", "none", 0.2, 0.0),
-        ("triton", "mean", 0.1, 1e-4),
-        ("triton", "none", 0.0, 1e-3),
+        ("torch", "mean", 0.0, 0.0, "fused"),
+        ("torch", "mean", 0.0, 0.0, "recompute"),
+        ("torch", "sum", 0.1, 1e-3, "fused"),
+        ("torch", "sum", 0.1, 1e-3, "recompute"),
+        ("torch", "none", 0.2, 0.0, None),
+        ("triton", "mean", 0.1, 1e-4, "fused"),
+        ("triton", "mean", 0.1, 1e-4, "recompute"),
+        ("triton", "none", 0.0, 1e-3, None),
     ],
 )
-def test_against_naive_fp32(backend, reduction, label_smoothing, z_loss, monkeypatch):
+def test_against_naive_fp32(backend, reduction, label_smoothing, z_loss, grad_mode, monkeypatch):
     monkeypatch.setenv("VT_BACKEND", backend)
     hidden, weight, targets = make_inputs(torch.float32)
     ours = linear_cross_entropy(hidden, weight, targets, reduction=reduction,
-                                label_smoothing=label_smoothing, z_loss=z_loss)
+                                label_smoothing=label_smoothing, z_loss=z_loss, grad_mode=grad_mode)
     ref, h64, w64 = naive_ce(hidden, weight, targets, reduction, label_smoothing, z_loss)
     assert ours.dtype == torch.float32
     if reduction == "none":
@@ -98,5 +101,9 @@ def test_argument_checks():
         linear_cross_entropy(hidden, weight, targets, z_loss=-1.0)
     with pytest.raises(ValueError, match="negative"):
         linear_cross_entropy(hidden, weight, torch.full((T,), -5))
+    with pytest.raises(ValueError, match="grad_mode"):
+        linear_cross_entropy(hidden, weight, targets, grad_mode="stored")
+    with pytest.raises(ValueError, match="scalar loss"):
+        linear_cross_entropy(hidden, weight, targets, reduction="none", grad_mode="fused")
     with pytest.raises(ValueError, match="targets"):
         linear_cross_entropy(hidden, weight, targets[:-1])

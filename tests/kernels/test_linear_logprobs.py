@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vt_core.kernels import linear_logprobs, linear_logprobs_reference, linear_token_stats
+from vt_core.kernels.linear_logprobs import linear_token_loss
 
 lp = importlib.import_module("vt_core.kernels.linear_logprobs")  # the module (the package re-exports the function)
 T, D, V = 67, 48, 1031
@@ -118,6 +119,92 @@ def test_no_grad_path_and_grads_without_entropy(backend, monkeypatch, small_torc
     ((tgt - lse) * up.double()).sum().backward()
     close(logp, tgt - lse, 1e-4)
     close(hidden.grad, h64.grad, 1e-4)
+
+
+def toy_token_loss(coefs):
+    """A non-linear per-token loss of all four statistics (each row's term uses only its own row)."""
+    a, b, c = coefs
+
+    def token_loss(st, rows):
+        logp = st.target_logit - st.lse
+        return torch.exp(0.3 * logp) * a[rows] + st.entropy.square() * b[rows] + 1e-2 * st.logit_sum * c[rows]
+
+    return token_loss
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_token_loss_grad_modes_against_naive(backend, monkeypatch, small_torch_chunks):
+    """linear_token_loss: the gradient taken in the forward and the recompute backward against float64 logits,
+    under an upstream scalar != 1, with a "no target" row and a temperature."""
+    monkeypatch.setenv("VT_BACKEND", backend)
+    hidden, weight, targets = make_inputs(torch.float32, seed=5)
+    targets[7] = -1
+    coefs = [torch.randn(T) for _ in range(3)]
+    fn = toy_token_loss(coefs)
+    (tgt, lse, ent, lsum), h64, w64 = naive_stats(hidden, weight, targets, 0.8)
+    want = (torch.exp(0.3 * (tgt - lse)) * coefs[0].double() + ent.square() * coefs[1].double()
+            + 1e-2 * lsum * coefs[2].double()).sum()
+    (want * 1.7).backward()
+    for mode in ("fused", "recompute"):
+        loss, stats = linear_token_loss(hidden, weight, targets, fn, 0.8, entropy=True, logit_sum=True,
+                                        grad_mode=mode)
+        assert loss.dim() == 0 and not stats.lse.requires_grad
+        (loss * 1.7).backward()
+        close(loss, want, 1e-5)
+        close(stats.entropy, ent, 1e-4)
+        close(hidden.grad, h64.grad, 1e-4)
+        close(weight.grad, w64.grad, 1e-4)
+        hidden.grad = weight.grad = None
+
+
+@pytest.mark.parametrize("backend,dtype", [("torch", torch.float32), ("torch", torch.float16),
+                                           ("triton", torch.float32), ("triton", torch.float16)])
+def test_token_loss_fused_equals_recompute(backend, dtype, monkeypatch, small_torch_chunks):
+    """Both gradient paths compute every logits chunk the same way: identical statistics; loss and
+    gradients equal up to the rounding of the summation order (and of dtype for fp16 gradients)."""
+    monkeypatch.setenv("VT_BACKEND", backend)
+    hidden, weight, targets = make_inputs(dtype, seed=6)
+    fn = toy_token_loss([torch.randn(T) for _ in range(3)])
+    out = {}
+    for mode in ("fused", "recompute"):
+        loss, stats = linear_token_loss(hidden, weight, targets, fn, 1.3, entropy=True, logit_sum=True,
+                                        grad_mode=mode)
+        (loss * -0.6).backward()
+        out[mode] = loss, stats, hidden.grad, weight.grad
+        hidden.grad = weight.grad = None
+    (loss_f, stats_f, dh_f, dw_f), (loss_r, stats_r, dh_r, dw_r) = out["fused"], out["recompute"]
+    for a, b in zip(stats_f, stats_r):
+        assert torch.equal(a, b)
+    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    close(loss_f, loss_r, 1e-6)
+    close(dh_f, dh_r, tol)
+    close(dw_f, dw_r, tol)
+
+
+def test_fused_logprobs_bitwise_equal_scoring_path(small_torch_chunks):
+    """torch path, fp32: the logprobs the fused loss sees equal linear_logprobs' no-grad scoring bitwise
+    (the exact on-policy guarantee of vt_core.generation.exact relies on it)."""
+    hidden, weight, targets = make_inputs(torch.float32, seed=7)
+    fn = toy_token_loss([torch.randn(T) for _ in range(3)])
+    _, stats = linear_token_loss(hidden, weight, targets, fn, entropy=True, logit_sum=True, backend="torch",
+                                 grad_mode="fused")
+    with torch.no_grad():
+        scored = linear_logprobs(hidden, weight, targets, backend="torch")
+    assert torch.equal(stats.target_logit - stats.lse, scored)
+
+
+def test_token_loss_frozen_weight_and_no_grad(small_torch_chunks):
+    hidden, weight, targets = make_inputs(torch.float32, seed=8)
+    weight.requires_grad_(False)
+    fn = toy_token_loss([torch.randn(T) for _ in range(3)])
+    loss, _ = linear_token_loss(hidden, weight, targets, fn, entropy=True, logit_sum=True, backend="torch")
+    loss.backward()
+    assert weight.grad is None and hidden.grad is not None
+    with torch.no_grad():
+        scored, _ = linear_token_loss(hidden, weight, targets, fn, entropy=True, logit_sum=True, backend="torch")
+    close(scored, loss.detach(), 1e-6)
+    with pytest.raises(ValueError, match="grad_mode"):
+        linear_token_loss(hidden, weight, targets, fn, grad_mode="stored")
 
 
 def test_reference_at_qwen_vocab_against_naive():

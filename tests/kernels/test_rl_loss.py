@@ -4,6 +4,7 @@ The packed batch has sequences of length 1, a fully masked sequence, masked toke
 NaN old/ref/rollout logprobs at masked positions (they must not leak into the loss or its gradient).
 """
 
+import importlib
 import math
 
 import pytest
@@ -130,16 +131,17 @@ CONFIGS = [
     ("temperature", RLLossConfig(temperature=0.7, beta=0.02, entropy_coef=0.01), True),
     ("on_policy", RLLossConfig(beta=0.02, entropy_coef=0.02), False),
     ("gspo_on_policy", RLLossConfig(ratio_level="sequence", aggregation="seq_mean_token_mean"), False),
+    ("tis_sequence_without_old", RLLossConfig(tis_mode="sequence", tis_cap=1.5, beta=0.02), False),
 ]
 
 
-def run_case(cfg, with_old, dtype, backend, monkeypatch, seed=0):
+def run_case(cfg, with_old, dtype, backend, monkeypatch, seed=0, grad_mode=None):
     monkeypatch.setenv("VT_BACKEND", backend)
     hidden, weight, targets, cu, mask, adv, g = make_batch(dtype, seed)
     logp64, ent64, h64, w64 = naive_logp_entropy(hidden, weight, targets, cfg.temperature)
     old, ref, rollout = side_logprobs(logp64, mask, g)
     old = old if with_old else None
-    loss, metrics = linear_rl_loss(hidden, weight, targets, adv, mask, cu, old, ref, rollout, cfg)
+    loss, metrics = linear_rl_loss(hidden, weight, targets, adv, mask, cu, old, ref, rollout, cfg, grad_mode=grad_mode)
     want, want_metrics = hand_loss(logp64, ent64, adv, mask, old, ref, rollout, cfg)
     up = float(torch.randn((), generator=g))
     (loss * up).backward()
@@ -153,9 +155,16 @@ def assert_close(actual, expected, tol):
     assert err <= tol * max(1.0, e.abs().max().item()), f"error {err:.3e}"
 
 
+NOT_SEPARABLE = ("gspo", "tis_sequence_without_old")  # a term depends on the whole sequence's current logprobs
+
+
+@pytest.mark.parametrize("grad_mode", [None, "recompute"])
 @pytest.mark.parametrize("name,cfg,with_old", CONFIGS, ids=[c[0] for c in CONFIGS])
-def test_config_against_hand_formula(name, cfg, with_old, monkeypatch):
-    loss, metrics, want, want_metrics, dh, dw = run_case(cfg, with_old, torch.float32, "torch", monkeypatch)
+def test_config_against_hand_formula(name, cfg, with_old, grad_mode, monkeypatch):
+    """Every option, both gradient paths: auto (gradient in the forward except for the two sequence-level
+    cases, checked below) and recompute."""
+    loss, metrics, want, want_metrics, dh, dw = run_case(cfg, with_old, torch.float32, "torch", monkeypatch,
+                                                         grad_mode=grad_mode)
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert_close(loss, want, 1e-5)
     expected_keys = set(want_metrics)
@@ -169,11 +178,13 @@ def test_config_against_hand_formula(name, cfg, with_old, monkeypatch):
     assert_close(*dw, 1e-5)
 
 
+@pytest.mark.parametrize("grad_mode", ["fused", "recompute"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_triton_path(dtype, monkeypatch):
+def test_triton_path(dtype, grad_mode, monkeypatch):
     cfg = RLLossConfig(eps_high=0.28, dual_clip_c=3.0, beta=0.04, entropy_coef=0.01, temperature=0.9,
                        tis_mode="token", aggregation="seq_mean_token_mean")
-    loss, metrics, want, want_metrics, dh, dw = run_case(cfg, True, dtype, "triton", monkeypatch, seed=1)
+    loss, metrics, want, want_metrics, dh, dw = run_case(cfg, True, dtype, "triton", monkeypatch, seed=1,
+                                                         grad_mode=grad_mode)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     assert_close(loss, want, tol)
     for key, value in want_metrics.items():
@@ -181,6 +192,30 @@ def test_triton_path(dtype, monkeypatch):
             assert_close(metrics[key], value, tol)
     assert_close(*dh, tol)
     assert_close(*dw, tol)
+
+
+@pytest.mark.parametrize("name,cfg,with_old", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_grad_modes_agree_and_auto_choice(name, cfg, with_old, monkeypatch):
+    """Gradient in the forward and recompute give the same loss, metrics and gradients (fp32 rounding);
+    auto takes the gradient in the forward exactly when every term is per-token, and asking for it otherwise
+    is an error."""
+    rl = importlib.import_module("vt_core.kernels.rl_loss")
+    fused_calls = []
+    real = rl.linear_token_loss
+    monkeypatch.setattr(rl, "linear_token_loss", lambda *a, **k: fused_calls.append(1) or real(*a, **k))
+    modes = (None, "recompute") if name in NOT_SEPARABLE else ("fused", "recompute")
+    outs = [run_case(cfg, with_old, torch.float32, "torch", monkeypatch, grad_mode=m) for m in modes]
+    (loss, metrics, _, _, (dh, _), (dw, _)), (loss_r, metrics_r, _, _, (dh_r, _), (dw_r, _)) = outs
+    assert_close(loss, loss_r, 1e-6)
+    for key in metrics_r:
+        assert_close(metrics[key], metrics_r[key], 1e-6)
+    assert_close(dh, dh_r, 1e-6)
+    assert_close(dw, dw_r, 1e-6)
+    run_case(cfg, with_old, torch.float32, "torch", monkeypatch)
+    assert len(fused_calls) == (0 if name in NOT_SEPARABLE else 2)
+    if name in NOT_SEPARABLE:
+        with pytest.raises(ValueError, match="sequence-level"):
+            run_case(cfg, with_old, torch.float32, "torch", monkeypatch, grad_mode="fused")
 
 
 def test_packed_equals_per_sequence_loop(monkeypatch):
