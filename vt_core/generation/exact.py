@@ -21,9 +21,10 @@ Why a different packing in the trainer gives the same bits (fp32, CPU; checked b
   measured on this machine with MKL sgemm, rows of an [M, K] @ [K, N] product differ from the large-M
   result for M in {1, 2, 3} with 1 thread and M in {1..11} minus {4, 8} with 2 threads, and are identical
   for every M >= 12. The packed forward's matmuls have M = T and ``linear_logprobs`` (torch path) takes
-  tokens in chunks of 256 (``_TORCH_TOKEN_CHUNK``), so T >= 12 and T mod 256 outside 1..11 keep every matmul in the invariant
-  range: :func:`invariance_padding` gives the padding document length that ensures it. The trainer must
-  pad its own micro-batches the same way for the guarantee to cover them.
+  tokens in chunks of 256 (``_TORCH_TOKEN_CHUNK``), so T >= 12 and T mod 256 outside 1..11 keep every
+  matmul in the invariant range: :func:`invariance_padding` gives the padding document length that
+  ensures it. The trainer pads its own micro-batches the same way (``pad_for_invariance``, RL option
+  ``gen.exact_logprobs``) for the guarantee to cover them.
 
 Cost: one forward over every prompt + completion token (a prefill-shaped pass, no KV cache) plus the LM
 head on the completion tokens, measured by bench/bench_engine.py (``rescore_share``). What it does not cover: the token was *sampled* from the decode path's logits, so
