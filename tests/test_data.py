@@ -338,7 +338,7 @@ def test_tiny_model_config_builds_a_qwen2_model(tok):
     config = AutoConfig.from_pretrained(tiny_model_config_path().parent, local_files_only=True)
     assert config.model_type == "qwen2" and config.vocab_size % 64 == 0 and config.vocab_size >= len(tok)
     assert (config.eos_token_id, config.pad_token_id) == (tok.eos_token_id, tok.pad_token_id)
-    assert config.tie_word_embeddings and config.num_key_value_heads == 2
+    assert config.tie_word_embeddings and (config.num_attention_heads, config.num_key_value_heads) == (8, 4)
     model = Qwen2ForCausalLM(config).eval()
     enc = tok.apply_chat_template(CHAT[:2], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     ids = enc["input_ids"]

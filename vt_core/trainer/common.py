@@ -127,6 +127,18 @@ class TrainerCore:
         self._t_start = time.perf_counter()
 
     # -- stepping -------------------------------------------------------------------------------
+    def idle_passes(self, local: int, most: int, backward: bool = True) -> None:
+        """Under FSDP2 every forward (and backward) is a collective, so a process with fewer micro-batches
+        (``local``) than the busiest one (``most``, from ``rt.all_reduce_max``) runs the difference as passes
+        over a one-token batch whose loss is 0 x (hidden + LM head): the same collectives, zero gradients."""
+        dev = self.rt.device
+        for _ in range(most - local):
+            ids = torch.zeros(1, dtype=torch.long, device=dev)
+            with torch.set_grad_enabled(backward):
+                hidden = self.model(ids, ids, torch.tensor([0, 1], dtype=torch.int32, device=dev), 1)
+                if backward:
+                    ((hidden.sum() + self.model.lm_head_weight.sum()) * 0.0).backward()
+
     def backward(self, loss: torch.Tensor, weight: float) -> None:
         """Backward of one micro-batch's loss scaled by its share ``weight`` of the global batch."""
         (loss * (weight * self.rt.world_size)).backward()

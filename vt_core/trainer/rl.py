@@ -256,10 +256,12 @@ class RLTrainer(TrainerCore):
         total_units = stats["kept_tokens"] if unit == "tokens" else stats["kept_samples"]
         old = None
         result = {}
+        most = rt.all_reduce_max(len(micro))  # FSDP2: every process runs as many passes (idle_passes)
         for update in range(cfg.algo.updates_per_batch):
             if cfg.algo.updates_per_batch > 1 and old is None:
                 with torch.no_grad():
                     old = [self._logprobs(self.model, mb) for mb in micro]
+                self.idle_passes(len(micro), most, backward=False)
             loss_total, metrics_acc = 0.0, {}
             for m, mb in enumerate(micro):
                 mb = mb.to(rt.device)
@@ -278,9 +280,15 @@ class RLTrainer(TrainerCore):
                 loss_total += float(loss.detach()) * share
                 for k, v in met.items():
                     metrics_acc[k] = metrics_acc.get(k, 0.0) + float(v) * share
-            summed = rt.all_reduce_sum([loss_total] + list(metrics_acc.values()))
+            self.idle_passes(len(micro), most)
+            names = sorted(metrics_acc)
+            if rt.distributed:  # a process that had no micro-batch has no metric names of its own
+                parts = [None] * rt.world_size
+                torch.distributed.all_gather_object(parts, names)
+                names = sorted(set().union(*parts))
+            summed = rt.all_reduce_sum([loss_total] + [metrics_acc.get(k, 0.0) for k in names])
             loss_total = summed[0]
-            metrics_acc = dict(zip(metrics_acc, summed[1:]))
+            metrics_acc = dict(zip(names, summed[1:]))
             result = self.optimizer_step(loss_total)
         return {"loss": loss_total, **metrics_acc, **result}
 

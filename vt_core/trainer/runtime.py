@@ -48,6 +48,14 @@ class Runtime:
         dist.all_reduce(t)
         return t.tolist()
 
+    def all_reduce_max(self, value: int) -> int:
+        """The largest ``value`` over all processes."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
     def broadcast_object(self, obj):
         """Rank 0's ``obj`` on every process."""
         if not self.distributed:

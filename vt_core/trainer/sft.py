@@ -116,12 +116,15 @@ class SFTTrainer(TrainerCore):
         rt = self.rt
         global_tokens = sum(int(b.loss_mask.sum()) for _, b in micro)
         loss_sum, tokens = 0.0, 0
-        for key, batch in micro[rt.rank :: rt.world_size]:
+        mine = micro[rt.rank :: rt.world_size]
+        most = rt.all_reduce_max(len(mine))
+        for key, batch in mine:
             batch = batch.to(rt.device)
             loss = summed_loss(key, batch) / max(global_tokens, 1)
             self.backward(loss, 1.0)
             loss_sum += float(loss.detach()) * global_tokens
             tokens += batch.num_tokens
+        self.idle_passes(len(mine), most)
         loss_sum, tokens = rt.all_reduce_sum([loss_sum, float(tokens)])
         loss_value = loss_sum / max(global_tokens, 1)
         stats = self.optimizer_step(loss_value)
