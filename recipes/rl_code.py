@@ -41,7 +41,7 @@ class WarmStart:
     recipe (cached in ``dir``)."""
     only: bool = False
     """Make (or find) the warm start, print its path and exit (`--warmstart.shipped false --warmstart.only
-    true` is how the shipped one was made)."""
+    true` reruns the SFT settings the shipped one was made with; its warmstart.json names the command)."""
     dir: str = "runs/warmstart_code"
     """Cache folder of a warm start made here: reused while its settings are unchanged."""
     steps: int = 3000
