@@ -211,6 +211,35 @@ def run_tests_group(codes: list[str], suite: TestSuite, cfg: CodeRewardConfig) -
     return [v.result(res) for v in verdicts]
 
 
+def _settings(tests: Any, fn_name: str | None, config: CodeRewardConfig | None,
+              overrides: dict) -> tuple[CodeRewardConfig, TestSuite]:
+    """The effective config and the (capped) test suite of a code_reward / code_reward_group call."""
+    cfg = CodeRewardConfig(**{**(config.__dict__ if config else {}), **overrides})
+    suite = parse_tests(tests, fn_name) if not isinstance(tests, TestSuite) else tests
+    if len(suite) == 0:
+        raise ValueError("no tests to run")
+    return cfg, suite.head(cfg.max_tests)
+
+
+def _known(completion: str, suite: TestSuite, cfg: CodeRewardConfig) -> tuple[str | None, RewardResult | None]:
+    """(program, result known without running it): no code block, or a cache hit; else (program, None)."""
+    code = extract_code(completion, cfg.block, cfg.languages)
+    if code is None or not code.strip():
+        return None, RewardResult(reward=0.0, passed=0, total=len(suite), reasons=["no code block found"],
+                                  extra={"code": None, "cached": False})
+    hit = CACHE.get(_cache_key(code, suite, cfg)) if cfg.cache_size > 0 else None
+    if hit is not None:
+        hit.extra["cached"] = True
+    return code, hit
+
+
+def _record(code: str, result: RewardResult, suite: TestSuite, cfg: CodeRewardConfig) -> RewardResult:
+    result.extra.update(code=code, cached=False)
+    if cfg.cache_size > 0:
+        CACHE.put(_cache_key(code, suite, cfg), result, cfg.cache_size)
+    return result
+
+
 def code_reward(completion: str, tests: Any, fn_name: str | None = None, config: CodeRewardConfig | None = None,
                 **overrides: Any) -> RewardResult:
     """Reward of ``completion`` on ``tests`` (any format of code_formats.parse_tests).
@@ -219,59 +248,29 @@ def code_reward(completion: str, tests: Any, fn_name: str | None = None, config:
     statuses, the extracted code and whether the result came from the cache). ``overrides`` set fields
     of ``config`` (e.g. ``per_test_time_s=2``).
     """
-    cfg = CodeRewardConfig(**{**(config.__dict__ if config else {}), **overrides})
-    suite = parse_tests(tests, fn_name) if not isinstance(tests, TestSuite) else tests
-    if len(suite) == 0:
-        raise ValueError("no tests to run")
-    suite = suite.head(cfg.max_tests)
-    code = extract_code(completion, cfg.block, cfg.languages)
-    if code is None or not code.strip():
-        return RewardResult(reward=0.0, passed=0, total=len(suite), reasons=["no code block found"],
-                            extra={"code": None, "cached": False})
-    key = _cache_key(code, suite, cfg)
-    if cfg.cache_size > 0:
-        hit = CACHE.get(key)
-        if hit is not None:
-            hit.extra["cached"] = True
-            return hit
-    result = run_tests(code, suite, cfg)
-    result.extra.update(code=code, cached=False)
-    if cfg.cache_size > 0:
-        CACHE.put(key, result, cfg.cache_size)
-    return result
+    cfg, suite = _settings(tests, fn_name, config, overrides)
+    code, known = _known(completion, suite, cfg)
+    if known is not None:
+        return known
+    return _record(code, run_tests(code, suite, cfg), suite, cfg)
 
 
 def code_reward_group(completions: list[str], tests: Any, fn_name: str | None = None,
                       config: CodeRewardConfig | None = None, **overrides: Any) -> list[RewardResult]:
     """``code_reward`` of each completion, with every program not in the cache run in one sandbox launch
     (``run_tests_group``); duplicates run once. Same rewards as one ``code_reward`` call per completion."""
-    cfg = CodeRewardConfig(**{**(config.__dict__ if config else {}), **overrides})
-    suite = parse_tests(tests, fn_name) if not isinstance(tests, TestSuite) else tests
-    if len(suite) == 0:
-        raise ValueError("no tests to run")
-    suite = suite.head(cfg.max_tests)
+    cfg, suite = _settings(tests, fn_name, config, overrides)
     out: list[RewardResult | None] = [None] * len(completions)
     todo: dict[str, list[int]] = {}
     for k, completion in enumerate(completions):
-        code = extract_code(completion, cfg.block, cfg.languages)
-        if code is None or not code.strip():
-            out[k] = RewardResult(reward=0.0, passed=0, total=len(suite), reasons=["no code block found"],
-                                  extra={"code": None, "cached": False})
-            continue
-        hit = CACHE.get(_cache_key(code, suite, cfg)) if cfg.cache_size > 0 else None
-        if hit is not None:
-            hit.extra["cached"] = True
-            out[k] = hit
-        else:
+        code, out[k] = _known(completion, suite, cfg)
+        if out[k] is None:
             todo.setdefault(code, []).append(k)
-    if todo:
-        codes = list(todo)
-        for code, result in zip(codes, run_tests_group(codes, suite, cfg)):
-            result.extra.update(code=code, cached=False)
-            if cfg.cache_size > 0:
-                CACHE.put(_cache_key(code, suite, cfg), result, cfg.cache_size)
-            for k in todo[code]:
-                out[k] = copy.deepcopy(result)
+    codes = list(todo)
+    for code, result in zip(codes, run_tests_group(codes, suite, cfg) if codes else []):
+        _record(code, result, suite, cfg)
+        for k in todo[code]:
+            out[k] = copy.deepcopy(result)
     return out
 
 
