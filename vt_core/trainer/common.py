@@ -218,10 +218,7 @@ class TrainerCore:
         """Write a checkpoint (collective: every rank calls it). Returns its folder on rank 0."""
         weights = full_state_dict(self.model, self.rt)
         optim = self._optimizer_state()
-        rngs = [rng_state()]
-        if self.rt.distributed:
-            rngs = [None] * self.rt.world_size
-            torch.distributed.all_gather_object(rngs, rng_state())
+        rngs = self.rt.gather_objects(rng_state())
         path = None
         if self.rt.is_main:
             inner = self.model

@@ -206,11 +206,8 @@ class RLTrainer(TrainerCore):
         rt, a, n = self.rt, self.cfg.algo, self.cfg.data.group_size
         local = {pos: (r, [len(c.token_ids) for c in g], [c.finish_reason for c in g])
                  for pos, r, g in zip(roll["positions"], roll["rewards"], roll["outputs"])}
-        if rt.distributed:
-            parts = [None] * rt.world_size
-            torch.distributed.all_gather_object(parts, local)
-            for p in parts:
-                local.update(p)
+        for part in rt.gather_objects(local):
+            local.update(part)
         order = sorted(local)
         rewards = torch.tensor([r for pos in order for r in local[pos][0]], dtype=torch.float32)
         lengths = torch.tensor([x for pos in order for x in local[pos][1]], dtype=torch.float32)
@@ -281,11 +278,8 @@ class RLTrainer(TrainerCore):
                 for k, v in met.items():
                     metrics_acc[k] = metrics_acc.get(k, 0.0) + float(v) * share
             self.idle_passes(len(micro), most)
-            names = sorted(metrics_acc)
-            if rt.distributed:  # a process that had no micro-batch has no metric names of its own
-                parts = [None] * rt.world_size
-                torch.distributed.all_gather_object(parts, names)
-                names = sorted(set().union(*parts))
+            # a process that had no micro-batch has no metric names of its own
+            names = sorted(set().union(*rt.gather_objects(sorted(metrics_acc))))
             summed = rt.all_reduce_sum([loss_total] + [metrics_acc.get(k, 0.0) for k in names])
             loss_total = summed[0]
             metrics_acc = dict(zip(names, summed[1:]))
@@ -313,11 +307,8 @@ class RLTrainer(TrainerCore):
             res = evaluate(engine, self.tokenizer, [p for _, p in mine], k=e.samples, params=params,
                            ks=(1, e.samples), scorer=self.scorer, seed=10_000 + rt.rank)
         rows = {i: [r > 0.5 for r in row] for (i, _), row in zip(mine, res["rewards"])}
-        if rt.distributed:
-            parts = [None] * rt.world_size
-            torch.distributed.all_gather_object(parts, rows)
-            for p in parts:
-                rows.update(p)
+        for part in rt.gather_objects(rows):
+            rows.update(part)
         correct = [rows[i] for i in sorted(rows)]
         summary = summarize(correct, ks=(1, e.samples))
         k = e.samples

@@ -56,6 +56,14 @@ class Runtime:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
 
+    def gather_objects(self, obj) -> list:
+        """Every process's ``obj``, in rank order (``[obj]`` on one process)."""
+        if not self.distributed:
+            return [obj]
+        parts = [None] * self.world_size
+        dist.all_gather_object(parts, obj)
+        return parts
+
     def broadcast_object(self, obj):
         """Rank 0's ``obj`` on every process."""
         if not self.distributed:
