@@ -15,7 +15,8 @@ top-k/top-p, at most ``--new-tokens`` tokens, EOS ends a completion), score them
 verifier (vt_core.rewards; each completion runs in the sandbox against the problem's hidden tests, after
 the row's ``response_prefix``), group advantages (GRPO), token-mean clipped policy loss (eps 0.2, no KL,
 no reference model), backward, one optimizer step. vt_core: ``RLTrainer`` (in-process Engine, rewards
-scored on ``--reward-workers`` threads while other samples still generate, ``linear_rl_loss``), its step
+scored on ``--reward-workers`` threads while other samples still generate, ``linear_rl_loss``; each group's
+prompt forwarded once in training unless ``--share-prompts false``), its step
 being the body of ``RLTrainer.fit`` without metric logging. TRL: ``GRPOTrainer`` with transformers'
 ``generate`` (no vLLM), ``loss_type="dapo"`` (token mean over the batch), ``num_iterations=1`` and one
 generation batch per optimizer step (so no old-logprob pass), ``beta=0``; its reward function scores the
@@ -231,7 +232,8 @@ def rl_contenders(args, folder: Path, work: Path, steps_total: int):
                                prompts_per_step=args.prompts, group_size=args.group),
                    gen=GenSection(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.new_tokens,
                                   kv_cache_tokens=KV_CACHE_TOKENS, reward_workers=args.reward_workers),
-                   algo=AlgoSection(estimator="grpo", drop_zero_variance=False))
+                   algo=AlgoSection(estimator="grpo", drop_zero_variance=False,
+                                    share_prompts=args.share_prompts == "true"))
     vt = RLTrainer(cfg)
     vt_extra: list[dict] = []
 
@@ -288,7 +290,7 @@ def rl_contenders(args, folder: Path, work: Path, steps_total: int):
     shapes = {"prompts_per_step": args.prompts, "group_size": args.group, "max_new_tokens": args.new_tokens,
               "samples_per_step": args.prompts * args.group, "prompt_pool": len(pool),
               "prompt_tokens_mean": statistics.mean(map(len, trl_ids)), "lr": args.rl_lr,
-              "reward_workers": args.reward_workers,
+              "reward_workers": args.reward_workers, "vt_share_prompts": args.share_prompts == "true",
               "trl_optim": str(trl_args.optim), "trl_checkpointing": bool(trl_args.gradient_checkpointing)}
     fns = {"vt_core": vt_step, "trl": stepper.step}
     return fns, {"vt_core": vt_extra, "trl": trl_extra}, shapes, cleanup, {"trl": stepper}
@@ -363,6 +365,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=None, help="RL max new tokens (default 16; --quick: 8)")
     parser.add_argument("--reward-workers", type=int, default=4, help="verifier threads of each contender")
     parser.add_argument("--sft-batch", type=int, default=None, help="SFT examples per step (default 32; --quick: 8)")
+    parser.add_argument("--share-prompts", choices=("true", "false"), default="true",
+                        help="vt_core's --algo.share_prompts (default true, as in the main job's embedded default)")
     parser.add_argument("--rl-lr", type=float, default=2e-4)
     parser.add_argument("--sft-lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)

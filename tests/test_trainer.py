@@ -95,6 +95,54 @@ def test_rl_step_raises_logprob_of_rewarded_completions(tmp_path):
     trainer.close()
 
 
+def test_rl_shared_prompts_train_like_unshared(tmp_path):
+    """--algo.share_prompts: one RL update (2 groups, beta > 0 so the reference forward shares too) gives the
+    loss, metrics and gradients of the unshared packing."""
+    rows = [{"prompt": "f(1)=", "verifier": "ends_with_7_test"}, {"prompt": "g(22)=", "verifier": "ends_with_7_test"}]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts = [[" 7", " 3", " 17", " 9"], [" 1", " 27", " 37 7", " 2"]]
+    results = {}
+    for share in ("false", "true"):
+        cfg = apply_overrides(RLConfig(), ["--data.path", str(data), "--data.heldout_path", str(data),
+                                           "--data.prompts_per_step", "2", "--data.group_size", "4",
+                                           "--loss.beta", "0.01", "--algo.share_prompts", share,
+                                           "--optim.lr", "3e-3", "--optim.warmup_steps", "0",
+                                           "--run.out_dir", str(tmp_path / share), "--run.progress", "false",
+                                           "--run.device", "cpu"])
+        trainer = RLTrainer(cfg)
+        tok = trainer.tokenizer
+        outputs = []
+        for group in texts:
+            ids = [tok(t, add_special_tokens=False)["input_ids"] for t in group]
+            outputs.append([Completion(token_ids=i, logprobs=[-1.0] * len(i), processed_logprobs=[-1.0] * len(i),
+                                       finish_reason="stop", text=t) for i, t in zip(ids, group)])
+        roll = {"positions": [0, 1], "indices": [0, 1], "outputs": outputs, "gen_s": 0.0, "score_s": 0.0,
+                "rewards": [[float(t.endswith("7")) for t in group] for group in texts]}
+        grads = {}
+        step = trainer.optimizer_step
+
+        def capture(loss_value, step=step, grads=grads, model=trainer.model):
+            # Adam's first step is about lr * sign(grad): compare the gradients it is given, not its output
+            grads.update({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+            return step(loss_value)
+
+        trainer.optimizer_step = capture
+        metrics = trainer.train_on(roll, *trainer.shaped_advantages(roll))
+        results[share] = metrics, grads
+        trainer.scorer.shutdown()
+        trainer.close()
+    (m0, w0), (m1, w1) = results["false"], results["true"]
+    assert m0["skipped"] == m1["skipped"] == 0.0 and abs(m0["loss"]) > 1e-4
+    for k in m0:
+        assert m1[k] == pytest.approx(m0[k], rel=1e-4, abs=1e-6), k
+    for n in w0:
+        torch.testing.assert_close(w1[n], w0[n], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="do not combine"):
+        RLTrainer(apply_overrides(RLConfig(), ["--data.path", str(data), "--algo.share_prompts", "true",
+                                               "--gen.exact_logprobs", "true", "--run.out_dir", str(tmp_path / "x")]))
+
+
 def _run_sft_subprocess(args, nproc=1, env_extra=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     script = Path(__file__).resolve().parents[1] / "recipes" / "sft.py"

@@ -6,7 +6,8 @@
     batches = pack_examples(examples, max_tokens=4096)                      # -> list[PackedBatch]
 
 RL: `pack_rl(prompt_ids, completion_ids, max_tokens)` -> micro-batches whose `scatter_tokens` /
-`scatter_samples` put sampler logprobs and advantages onto the packed token axis.
+`scatter_samples` put sampler logprobs and advantages onto the packed token axis; `pack_rl_shared` packs
+each group's prompt once (forward with `attention=shared_prompt_attention(model, mb)`).
 """
 
 from pathlib import Path
@@ -35,6 +36,7 @@ from .packing import (
     pack_examples,
     pack_rl,
 )
+from .shared_prompts import pack_rl_shared, shared_prompt_attention
 from .sources import (
     DataError,
     Record,
@@ -86,6 +88,8 @@ __all__ = [
     "make_packed_batch",
     "pack_examples",
     "pack_rl",
+    "pack_rl_shared",
+    "shared_prompt_attention",
     "tiny_tokenizer_path",
     "tiny_model_config_path",
 ]

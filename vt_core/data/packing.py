@@ -186,7 +186,8 @@ class RLMicroBatch:
     (packed order, = batch.example_ids); prompt_lens / completion_lens: per document (completion_lens counts
     the tokens kept after truncation); token_index: int64 [C], the position t in [T] whose target is each kept
     completion token, completion by completion in packed order; completion_cu: int64 [B+1] offsets of each
-    document's completion tokens in token_index.
+    document's completion tokens in token_index. parents: None for pack_rl; from pack_rl_shared, each document's
+    trunk document (-1: none), and then sample_ids / prompt_lens / completion_lens count the branch documents only.
     """
 
     batch: PackedBatch
@@ -195,6 +196,7 @@ class RLMicroBatch:
     completion_lens: list[int]
     token_index: torch.Tensor
     completion_cu: torch.Tensor
+    parents: list[int] | None = None
 
     def to(self, device, non_blocking: bool = False) -> RLMicroBatch:
         return dataclasses.replace(

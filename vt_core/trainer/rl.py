@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vt_core import model as vt_model
-from vt_core.data import pack_rl
+from vt_core.data import pack_rl, pack_rl_shared, shared_prompt_attention
 from vt_core.eval import encode_prompt, evaluate, summarize
 from vt_core.generation import SamplingParams, derive_seed
 from vt_core.generation.exact import pad_for_invariance, per_document_attention
@@ -86,6 +86,11 @@ class AlgoSection:
     """Optimizer steps per rollout batch; > 1 switches to old-logprob mode."""
     micro_tokens: int = 8192
     """Token budget of one packed training micro-batch."""
+    share_prompts: bool = False
+    """Training forward with each group's prompt once (vt_core.data.pack_rl_shared): the same loss and
+    gradients, (L - 1) + sum(1 + |c|) tokens per group instead of sum(L + |c|). Its attention is a dense masked
+    SDPA per group (memory grows with the square of a group's tokens): for short completions, as in the
+    embedded default; not with --gen.exact_logprobs (whose bitwise forward is the unshared one)."""
 
 
 @dataclass
@@ -136,6 +141,9 @@ class RLTrainer(TrainerCore):
         self.heldout = load_problems(cfg.data.heldout_path, cfg.data.domain, "heldout")[: cfg.eval.problems]
         self.state.setdefault("epoch", 0)
         self.state.setdefault("index", 0)
+        if cfg.algo.share_prompts and cfg.gen.exact_logprobs:
+            raise ValueError("--algo.share_prompts true and --gen.exact_logprobs true do not combine: exact mode "
+                             "trains with the engine's unshared per-document forward; turn one of them off")
         self.scorer = RewardScorer(max_workers=cfg.gen.reward_workers)
         self.ref_model = None
         if cfg.loss.beta > 0:
@@ -246,7 +254,8 @@ class RLTrainer(TrainerCore):
         loss_cfg = cfg.loss
         if loss_cfg.aggregation == "constant" and not loss_cfg.max_tokens:
             loss_cfg = RLLossConfig(**{**loss_cfg.__dict__, "max_tokens": stats["kept_samples"] * cfg.gen.max_new_tokens})
-        micro = pack_rl(prompts, comps, cfg.algo.micro_tokens) if prompts else []
+        pack = pack_rl_shared if cfg.algo.share_prompts else pack_rl
+        micro = pack(prompts, comps, cfg.algo.micro_tokens) if prompts else []
         if cfg.gen.exact_logprobs:  # per-token values scattered onto [T] keep their indices
             micro = [dataclasses.replace(mb, batch=pad_for_invariance(mb.batch)) for mb in micro]
         unit = "tokens" if loss_cfg.aggregation == "token_mean" else "seqs"
@@ -266,7 +275,7 @@ class RLTrainer(TrainerCore):
                 rollout = mb.scatter_tokens(logps).to(rt.device)
                 adv_t = mb.scatter_samples(torch.tensor(advs)).to(rt.device)
                 ref = self._logprobs(self.ref_model, mb) if self.ref_model is not None else None
-                hidden = self._forward(self.model, b)
+                hidden = self._forward(self.model, mb)
                 weight = self.model.lm_head_weight  # after forward: unsharded under FSDP2
                 loss, met = linear_rl_loss(hidden, weight, b.targets, adv_t, b.loss_mask, b.cu_seqlens,
                                            old_logprobs=None if old is None else old[m], ref_logprobs=ref,
@@ -286,15 +295,20 @@ class RLTrainer(TrainerCore):
             result = self.optimizer_step(loss_total)
         return {"loss": loss_total, **metrics_acc, **result}
 
-    def _forward(self, model, b) -> torch.Tensor:
-        """Hidden states of packed batch ``b``; in exact-logprob mode with the batch-invariant attention."""
-        attention = per_document_attention(model, b.cu_seqlens) if self.cfg.gen.exact_logprobs else None
+    def _forward(self, model, mb) -> torch.Tensor:
+        """Hidden states of RL micro-batch ``mb``: in exact-logprob mode with the batch-invariant attention,
+        with shared prompts with their tree attention."""
+        b = mb.batch
+        attention = None
+        if mb.parents is not None:
+            attention = shared_prompt_attention(model, mb)
+        elif self.cfg.gen.exact_logprobs:
+            attention = per_document_attention(model, b.cu_seqlens)
         return model(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen, attention=attention)
 
     @torch.no_grad()
     def _logprobs(self, model, mb) -> torch.Tensor:
-        b = mb.batch
-        return linear_logprobs(self._forward(model, b), model.lm_head_weight, b.targets.clamp(min=0))
+        return linear_logprobs(self._forward(model, mb), model.lm_head_weight, mb.batch.targets.clamp(min=0))
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate_heldout(self, label: str) -> dict:
