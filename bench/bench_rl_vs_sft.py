@@ -6,7 +6,8 @@ same warm start for the same wall time, on the same held-out problems with the s
 
 1. ``torchrun recipes/rl_code.py`` (the main job exactly as the README runs it, plus ``--run.out_dir``) prints
    ``held-out pass@1 before/after``; its RL training time W is the sum of its steps' wall times.
-2. ``python recipes/sft.py`` continues the same warm start on the same SFT data for W minutes, with the
+2. ``python recipes/sft.py`` continues the same warm start on the same SFT data (the same simulated teacher,
+   ``--data.teacher_accuracy``) for W minutes, with the
    warm start's own SFT settings (peak lr, batch, warmup, floor; the cosine spans the steps that fit in W
    at twice the warm start's measured step rate, as a cap) and, as a second contender, at the warm start's final (floor) lr.
 3. Each SFT model is evaluated by the RL trainer's own held-out evaluation (same problems, samples, seeds,
@@ -111,7 +112,7 @@ def main() -> None:
         run([sys.executable, "recipes/sft.py", "--model.path", warm, "--run.out_dir", str(out),
              "--run.progress", "false", "--run.max_steps", str(sft_steps),
              "--run.max_minutes", f"{rl_train_s / 60:.3f}", "--data.examples_per_step", str(w.examples_per_step),
-             *extra], work / f"{name}.log")
+             "--data.teacher_accuracy", str(w.teacher_accuracy), *extra], work / f"{name}.log")
         sft_log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         evaluator_cfg.model.path = str(out / "final")
         evaluator_cfg.run.out_dir = str(work / f"{name}_eval")

@@ -53,6 +53,9 @@ class WarmStart:
     examples_per_step: int = 16
     max_examples: int = 0
     """Train-split examples used for SFT (0: all 20,000; the RL stage samples from the whole train split)."""
+    teacher_accuracy: float = 0.75
+    """Fraction of the SFT traces that are right; the rest are a simulated teacher's slips (see
+    SFTData.teacher_accuracy). SFT imitates its teacher, slips included; RL's verifiable reward does not."""
 
 
 @dataclass
@@ -63,14 +66,15 @@ class RLCodeConfig(RLConfig):
 
 
 def embedded_default() -> RLCodeConfig:
-    """The preset `torchrun recipes/rl_code.py` runs with no arguments: 10 minutes of RL (or 80 steps) on 2 CPU
-    cores from the shipped warm start, evaluated on all 1,024 held-out problems x 4 samples at temperature 1."""
+    """The preset `torchrun recipes/rl_code.py` runs with no arguments: 10 minutes of RL (or 200 steps) on 2 CPU
+    cores from the shipped warm start, evaluated on all 1,024 held-out problems x 4 samples at temperature 1;
+    each group's prompt is forwarded once in training (share_prompts)."""
     return RLCodeConfig(
         optim=OptimSection(lr=2e-4, warmup_steps=3, min_lr_ratio=0.5, max_grad_norm=1.0),
-        run=RunSection(out_dir="runs/rl_code", max_steps=80, max_minutes=10.0, seed=0),
+        run=RunSection(out_dir="runs/rl_code", max_steps=200, max_minutes=10.0, seed=0),
         data=RLData(domain="code", prompts_per_step=32, group_size=8),
         gen=GenSection(temperature=1.0, max_new_tokens=16, kv_cache_tokens=65536, reward_workers=4),
-        algo=AlgoSection(estimator="grpo", drop_zero_variance=True, micro_tokens=8192),
+        algo=AlgoSection(estimator="grpo", drop_zero_variance=True, micro_tokens=8192, share_prompts=True),
         eval=EvalSection(problems=1024, samples=4, temperature=1.0),
     )
 
@@ -100,7 +104,8 @@ def ensure_warm_start(cfg: RLCodeConfig) -> str:
         optim=OptimSection(lr=w.lr, warmup_steps=w.warmup_steps, min_lr_ratio=w.min_lr_ratio, max_grad_norm=1.0),
         run=RunSection(out_dir=w.dir, max_steps=w.steps, max_minutes=w.minutes, seed=cfg.run.seed,
                        device=cfg.run.device, progress=cfg.run.progress),
-        data=SFTData(examples_per_step=w.examples_per_step, max_examples=w.max_examples, max_tokens=4096),
+        data=SFTData(examples_per_step=w.examples_per_step, max_examples=w.max_examples, max_tokens=4096,
+                     teacher_accuracy=w.teacher_accuracy),
     )
     last = run_sft(sft)
     if int(os.environ.get("RANK", "0")) == 0:

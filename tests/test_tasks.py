@@ -124,6 +124,33 @@ def test_code_reference_solutions_pass_their_hidden_tests(splits):
     assert not code_problems.check_solution(row, "def g(x):\n    return x")
 
 
+def test_simulated_teacher_slips_at_its_rate_and_every_slip_fails(splits):
+    rows = splits["code"]["train"]
+    taught = code_problems.teacher_rows(rows, 0.75, code_problems.TEACHER_SEED)
+    assert taught == code_problems.teacher_rows(rows, 0.75, code_problems.TEACHER_SEED)  # seeded
+    slips = [r for r in taught if "teacher_slip" in r]
+    # 3,000 rows: the slip fraction is 0.25 +- 0.008 (1 sd); both kinds about equally often.
+    assert abs(len(slips) / len(rows) - 0.25) < 0.03
+    kinds = [r["teacher_slip"] for r in slips]
+    assert abs(kinds.count("template") / len(kinds) - 0.5) < 0.06
+    assert {r["template"] for r in slips if r["teacher_slip"] == "template"} == set(code_problems.TEMPLATE_BY_NAME)
+    for row, orig in zip(taught, rows):
+        assert {k: v for k, v in row.items() if k not in ("solution", "teacher_slip")} == \
+            {k: v for k, v in orig.items() if k != "solution"}
+        assert (row["solution"] == orig["solution"]) == ("teacher_slip" not in row)
+        assert code_problems.check_solution(row, row["solution"]) == ("teacher_slip" not in row), row
+        if "teacher_slip" in row:
+            # A plausible slip: right at the two points a careless reader checks when it is the template,
+            # off at every point when it is a constant.
+            fn = eval("lambda x: " + row["solution"].split("\n")[0])  # noqa: S307 (our own expressions)
+            agree = [fn(x) == y for x, y in row["examples"] if x in (0, 1)]
+            assert all(agree) if row["teacher_slip"] == "template" else not any(agree[1:])
+    assert code_problems.teacher_rows(rows, 1.0, 1) == rows
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="teacher accuracy"):
+            code_problems.teacher_rows(rows, bad, 1)
+
+
 def _brute_force_fits(shown: list[tuple[int, int]], hidden: list[int], outputs: list[int]) -> bool:
     """Independent of the numpy tables: every (template, a, b) matching the shown pairs passes the tests."""
     for t in code_problems.TEMPLATES:

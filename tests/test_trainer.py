@@ -252,6 +252,26 @@ def test_bad_inputs_are_named(tmp_path):
                                                                           "--model.tokenizer", str(tiny_tokenizer_path())))))
 
 
+def test_sft_teacher_accuracy_reaches_the_embedded_examples_only(tmp_path, monkeypatch):
+    from vt_core import tasks
+    from vt_core.data import load_tokenizer, tiny_tokenizer_path
+    from vt_core.trainer.sft import SFTData, load_sft_examples
+
+    rows = tasks.generate_tasks("code", 400, 5, split="train")
+    monkeypatch.setattr(tasks, "load_code_tasks", lambda split: [dict(r) for r in rows])
+    tok = load_tokenizer(tiny_tokenizer_path())
+    clean = load_sft_examples(SFTData(), tok)
+    taught = load_sft_examples(SFTData(teacher_accuracy=0.75), tok)
+    changed = sum(a.input_ids != b.input_ids for a, b in zip(clean, taught))
+    assert len(clean) == len(taught) == 400 and 60 <= changed <= 140  # 25% of 400 = 100, sd 8.7
+    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
+        load_sft_examples(SFTData(teacher_accuracy=0.0), tok)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(ROWS[0]) + "\n")
+    with pytest.raises(ValueError, match="d.jsonl the data is what it is"):
+        load_sft_examples(SFTData(path=str(data), teacher_accuracy=0.5), tok)
+
+
 def test_rl_code_runs_on_two_processes(tmp_path):
     """The main job under torchrun with 2 processes: every rank generates with the gathered full weights."""
     script = Path(__file__).resolve().parents[1] / "recipes" / "rl_code.py"

@@ -21,6 +21,11 @@ treats two problems computing the same function on [0, X_MAX] as one, so no held
 trained on. Held-out: 1,024 distinct problems drawn by HELDOUT_SEED (shipped); train: TRAIN_SIZE rows
 drawn i.i.d. by TRAIN_SEED from the remaining problems (a problem may recur with other shown points),
 regenerated on demand.
+
+SFT traces: ``solution`` is the reference program; ``teacher_rows`` rewrites a fraction of them as a
+simulated imperfect teacher would (a sibling template that only agrees at x = 0 and 1, or a constant one
+off), which is what the main job's warm start trains on (``--warmstart.teacher_accuracy``, 0.75): SFT then
+imitates the slips and RL with the hidden tests as reward can remove them.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ HELDOUT_SIZE = 1024
 TRAIN_SIZE = 20000
 HELDOUT_SEED = 7101
 TRAIN_SEED = 7102
+TEACHER_SEED = 7103
 PROMPT_HEADER = "Write f(x):"
 RESPONSE_PREFIX = "```python\ndef f(x):\n    return"
 _SHOWN_TRIES = 30
@@ -148,6 +154,47 @@ def _draw(rng: random.Random) -> dict:
 def expression(template: str, a: int, b: int) -> str:
     """The reference expression, e.g. ``3 * x + 7``."""
     return TEMPLATE_BY_NAME[template].expr.format(a=a, b=b)
+
+
+# A teacher's plausible slips (SFT data from an imperfect teacher, see ``teacher_rows``): per template, the
+# sibling expression that agrees with it at x = 0 and x = 1 (so with the two points a careless reader checks)
+# and differs at every x >= 2, which is where the hidden tests are.
+SLIP_EXPR = {
+    "add": "x * x + {a}", "square_add": "x + {a}", "sub": "x * x - {a}", "square_sub": "x - {a}",
+    "sub_from": "{a} - x * x", "square_sub_from": "{a} - x", "scale": "{a} * x * x", "square_scale": "{a} * x",
+    "affine": "{a} * x * x + {b}", "affine_minus": "{a} * x * x - {b}",
+}
+
+
+def teacher_rows(rows: Iterable[dict], accuracy: float, seed: int) -> list[dict]:
+    """The rows with ``solution`` as a simulated imperfect teacher writes it: right with probability
+    ``accuracy``, else one slip, half the time the template's sibling (``SLIP_EXPR``) and half the time the
+    last constant one off (either way). Every slip fails the hidden tests. Deterministic in ``seed``; a
+    slipped row gets ``teacher_slip`` ("template" | "constant").
+
+    Real SFT traces are a teacher's unverified samples. With a perfect teacher the hidden tests only confirm
+    what SFT already imitates; with an imperfect one they also tell right traces from slips, which SFT cannot.
+    """
+    if not 0.0 < accuracy <= 1.0:
+        raise ValueError(f"teacher accuracy must be in (0, 1], got {accuracy}")
+    rng = random.Random(seed)
+    out = []
+    for row in rows:
+        row = dict(row)
+        if rng.random() >= accuracy:
+            a, b = row["constants"]
+            if rng.random() < 0.5:
+                slip = SLIP_EXPR[row["template"]].format(a=a, b=b)
+                row["solution"], row["teacher_slip"] = f" {slip}\n```", "template"
+            else:
+                step = rng.choice((-1, 1))
+                if TEMPLATE_BY_NAME[row["template"]].b_range != (0, 0):
+                    b = b + step if b + step >= 1 else b + 1
+                else:
+                    a = a + step if a + step >= 1 else a + 1
+                row["solution"], row["teacher_slip"] = f" {expression(row['template'], a, b)}\n```", "constant"
+        out.append(row)
+    return out
 
 
 def _row(problem: dict, split: str, index: int) -> dict:

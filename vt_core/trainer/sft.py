@@ -39,6 +39,10 @@ class SFTData:
     """Use only the first N examples (0: all)."""
     overflow: str = "truncate"
     """Examples longer than max_tokens: truncate | error."""
+    teacher_accuracy: float = 1.0
+    """Embedded code tasks only: the fraction of SFT traces that are right. Below 1 the rest are a simulated
+    teacher's slips (tasks.code_problems.teacher_rows: a sibling template or a constant one off), as in
+    distillation from a teacher's unverified samples; 1 trains on the reference solutions."""
 
 
 @dataclass
@@ -53,13 +57,22 @@ class SFTConfig:
 
 def load_sft_examples(data: SFTData, tokenizer) -> list[TokenizedExample]:
     """Tokenized training examples (with loss masks) after the stage-2 length filter."""
+    if not 0.0 < data.teacher_accuracy <= 1.0:
+        raise ValueError(f"--data.teacher_accuracy must be in (0, 1], got {data.teacher_accuracy}")
     if data.path:
+        if data.teacher_accuracy != 1.0:
+            raise ValueError(f"--data.teacher_accuracy {data.teacher_accuracy} simulates the teacher of the embedded "
+                             f"code tasks; with --data.path {data.path} the data is what it is (leave it at 1)")
         examples = load_examples(data.path, tokenizer, prompt_field=data.prompt_field,
                                  completion_field=data.completion_field)
     else:
         from vt_core.tasks import load_code_tasks
+        from vt_core.tasks.code_problems import TEACHER_SEED, teacher_rows
 
-        examples = [tokenize_row(tokenizer, row, completion_field="solution") for row in load_code_tasks("train")]
+        rows = load_code_tasks("train")
+        if data.teacher_accuracy < 1.0:
+            rows = teacher_rows(rows, data.teacher_accuracy, TEACHER_SEED)
+        examples = [tokenize_row(tokenizer, row, completion_field="solution") for row in rows]
     if data.max_examples:
         examples = examples[: data.max_examples]
     if data.min_tokens:
