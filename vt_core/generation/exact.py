@@ -21,7 +21,7 @@ Why a different packing in the trainer gives the same bits (fp32, CPU; checked b
   measured on this machine with MKL sgemm, rows of an [M, K] @ [K, N] product differ from the large-M
   result for M in {1, 2, 3} with 1 thread and M in {1..11} minus {4, 8} with 2 threads, and are identical
   for every M >= 12. The packed forward's matmuls have M = T and ``linear_logprobs`` (torch path) takes
-  tokens in chunks of 256 (``_TORCH_TOKEN_CHUNK``), so T >= 12 and T mod 256 outside 1..11 keep every
+  tokens in chunks of 128 (``_TORCH_TOKEN_CHUNK``), so T >= 12 and T mod 128 outside 1..11 keep every
   matmul in the invariant range: :func:`invariance_padding` gives the padding document length that
   ensures it. The trainer pads its own micro-batches the same way (``pad_for_invariance``, RL option
   ``gen.exact_logprobs``) for the guarantee to cover them.
