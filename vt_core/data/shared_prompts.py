@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .packing import RLMicroBatch, _check_overflow, first_fit_decreasing, make_packed_batch
 
 
-def _groups(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]) -> list[tuple[list[int], list[int]]]:
+def _groups(prompts: Sequence[Sequence[int]]) -> list[tuple[list[int], list[int]]]:
     """(prompt, pair indices) per distinct prompt, in order of first appearance."""
     by_prompt: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(prompts):
@@ -51,7 +51,7 @@ def pack_rl_shared(prompts: Sequence[Sequence[int]], completions: Sequence[Seque
     if not prompts:
         raise ValueError("pack_rl_shared: no pairs to pack")
     units = []  # (trunk tokens, [(pair index, branch tokens, completion length)])
-    for prompt, idx in _groups(prompts, completions):
+    for prompt, idx in _groups(prompts):
         if not prompt:
             raise ValueError(f"pack_rl_shared: prompt {idx[0]} is empty")
         trunk, last = prompt[:-1], prompt[-1]
