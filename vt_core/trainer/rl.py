@@ -133,6 +133,9 @@ def load_problems(path: str, domain: str, split: str) -> list[dict]:
 
 class RLTrainer(TrainerCore):
     def __init__(self, cfg: RLConfig):
+        if cfg.algo.share_prompts and cfg.gen.exact_logprobs:
+            raise ValueError("--algo.share_prompts true and --gen.exact_logprobs true do not combine: exact mode "
+                             "trains with the engine's unshared per-document forward; turn one of them off")
         super().__init__(cfg, "rl")
         self.problems = load_problems(cfg.data.path, cfg.data.domain, "train")
         if not self.problems:
@@ -141,9 +144,6 @@ class RLTrainer(TrainerCore):
         self.heldout = load_problems(cfg.data.heldout_path, cfg.data.domain, "heldout")[: cfg.eval.problems]
         self.state.setdefault("epoch", 0)
         self.state.setdefault("index", 0)
-        if cfg.algo.share_prompts and cfg.gen.exact_logprobs:
-            raise ValueError("--algo.share_prompts true and --gen.exact_logprobs true do not combine: exact mode "
-                             "trains with the engine's unshared per-document forward; turn one of them off")
         self.scorer = RewardScorer(max_workers=cfg.gen.reward_workers)
         self.ref_model = None
         if cfg.loss.beta > 0:
