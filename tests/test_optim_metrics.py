@@ -1,6 +1,7 @@
 import copy
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -66,3 +67,19 @@ def test_metrics_logger_writes_jsonl_tb_png(tmp_path):
     png = (tmp_path / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((tmp_path / "tb").iterdir())
+
+
+def test_metrics_logger_redraws_no_sooner_than_its_interval(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(MetricsLogger, "plot", lambda self, path=None: drawn.append(len(self.history)) or
+                        setattr(self, "_last_plot", time.perf_counter()))
+    log = MetricsLogger(tmp_path, progress=False, tensorboard=False, plot_every=2, plot_min_interval_s=3600)
+    for step in range(6):
+        log.log(step, {"loss": 1.0})
+    assert drawn == [2]  # steps 4 and 6 came within the hour
+    log.plot_min_interval_s = 0.0
+    log.log(6, {"loss": 1.0})
+    log.log(7, {"loss": 1.0})
+    assert drawn == [2, 8]
+    log.close()
+    assert drawn == [2, 8, 8]  # and once more at the end

@@ -39,11 +39,17 @@ class MetricsLogger:
     """Writes ``metrics.jsonl``, TensorBoard events under ``tb/`` and ``curves.png`` in ``out_dir``."""
 
     def __init__(self, out_dir: str | Path, total_steps: int | None = None, enabled: bool = True,
-                 tensorboard: bool = True, progress: bool = True, plot_every: int = 10):
+                 tensorboard: bool = True, progress: bool = True, plot_every: int = 10,
+                 plot_min_interval_s: float = 30.0):
         self.out_dir = Path(out_dir)
         self.enabled = enabled
         self.total_steps = total_steps
+        # curves.png is redrawn every `plot_every` steps, but not sooner than `plot_min_interval_s` after the
+        # last redraw: a redraw costs 0.5-1.6 s (measured: 1,656 SFT rows 0.47 s, 147 RL rows with 11 panels
+        # 1.6 s), which every 10 steps of a 0.3 s SFT step was 16% of the run.
         self.plot_every = plot_every
+        self.plot_min_interval_s = plot_min_interval_s
+        self._last_plot = -math.inf
         self.history: list[dict] = []
         self._t0 = time.perf_counter()
         self._tb = None
@@ -78,7 +84,8 @@ class MetricsLogger:
             shown = {k: f"{row[k]:.4g}" for k in ("loss", "reward", "tokens_per_s") if _is_number(row.get(k))}
             self._bar.set_postfix(shown, refresh=False)
             self._bar.update(1)
-        if self.plot_every and len(self.history) % self.plot_every == 0:
+        if self.plot_every and len(self.history) % self.plot_every == 0 \
+                and time.perf_counter() - self._last_plot >= self.plot_min_interval_s:
             self.plot()
 
     def write(self, message: str) -> None:
@@ -119,6 +126,7 @@ class MetricsLogger:
         fig.savefig(tmp, dpi=90)
         plt.close(fig)
         os.replace(tmp, path)
+        self._last_plot = time.perf_counter()
         return path
 
     def close(self) -> None:
