@@ -64,6 +64,20 @@ def test_shared_packing_gives_the_unshared_logprobs(model, max_tokens):
         assert len(micro) > 1 and all(mb.batch.num_tokens <= max_tokens for mb in micro)
 
 
+def test_shared_packing_caps_the_group_width(model):
+    """max_group_tokens bounds a sub-group (its dense mask's width) without changing any logprob."""
+    prompts, comps = _pairs(3)
+    with torch.no_grad():
+        ref = _per_pair(model, pack_rl(prompts, comps))
+        micro = pack_rl_shared(prompts, comps, max_group_tokens=40)
+        got = _per_pair(model, micro, shared_prompt_attention)
+    longest_pair = max(len(p) + len(c) for p, c in zip(prompts, comps))
+    assert all(mb.batch.max_seqlen <= max(40, longest_pair) for mb in micro)
+    assert len(micro) == 1 and sum(p < 0 for p in micro[0].parents) > len({tuple(p) for p in prompts})
+    for i in ref:
+        torch.testing.assert_close(got[i], ref[i], rtol=1e-5, atol=1e-5)
+
+
 def test_shared_packing_honours_sliding_windows(model):
     prompts, comps = _pairs(1)
     layer = model.model.layers[1].self_attn

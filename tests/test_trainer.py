@@ -130,6 +130,10 @@ def test_rl_shared_prompts_train_like_unshared(tmp_path):
         trainer.optimizer_step = capture
         metrics = trainer.train_on(roll, *trainer.shaped_advantages(roll))
         results[share] = metrics, grads
+        if share == "true":  # a step with a pair longer than share_max_tokens trains unshared
+            assert trainer.pack([[5] * 10] * 2, [[6] * 3] * 2)[0].parents is not None
+            trainer.cfg.algo.share_max_tokens = 12
+            assert trainer.pack([[5] * 10] * 2, [[6] * 3] * 2)[0].parents is None
         trainer.scorer.shutdown()
         trainer.close()
     (m0, w0), (m1, w1) = results["false"], results["true"]

@@ -35,12 +35,15 @@ def _groups(prompts: Sequence[Sequence[int]]) -> list[tuple[list[int], list[int]
 
 
 def pack_rl_shared(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-                   max_tokens: int | None = None, *, overflow: str = "error") -> list[RLMicroBatch]:
+                   max_tokens: int | None = None, *, overflow: str = "error",
+                   max_group_tokens: int | None = None) -> list[RLMicroBatch]:
     """Pack (prompt, completion) pairs like :func:`vt_core.data.pack_rl`, each distinct prompt once per
     micro-batch (pairs with equal prompt token ids share it, wherever they are in the list).
 
     max_tokens: token budget of a micro-batch (None: one micro-batch). A group that does not fit is split into
-    sub-groups, each with its own trunk; a single pair longer than the budget raises ValueError
+    sub-groups, each with its own trunk, and so is one longer than ``max_group_tokens`` (the width of its
+    dense attention mask; a single pair longer than that still forms one sub-group of its own, so callers
+    with long completions should use pack_rl). A single pair longer than the budget raises ValueError
     (overflow="error") or has its completion cut (overflow="truncate"), as in pack_rl. The micro-batches'
     ``parents`` give each document's trunk document (-1: none); ``sample_ids`` / ``completion_lens`` /
     ``token_index`` cover the branches, i.e. the pairs, in packed order.
@@ -67,9 +70,10 @@ def pack_rl_shared(prompts: Sequence[Sequence[int]], completions: Sequence[Seque
                 c = c[: max_tokens - len(prompt)]
             branches.append((i, [last, *c], len(c)))
         current: list = []
+        caps = [c for c in (max_tokens, max_group_tokens) if c is not None]
         for br in branches:  # sub-groups that fit the budget, each with its own trunk
             size = len(trunk) + sum(len(b[1]) for b in current) + len(br[1])
-            if current and max_tokens is not None and size > max_tokens:
+            if current and caps and size > min(caps):
                 units.append((trunk, current))
                 current = []
             current.append(br)

@@ -89,8 +89,11 @@ class AlgoSection:
     share_prompts: bool = False
     """Training forward with each group's prompt once (vt_core.data.pack_rl_shared): the same loss and
     gradients, (L - 1) + sum(1 + |c|) tokens per group instead of sum(L + |c|). Its attention is a dense masked
-    SDPA per group (memory grows with the square of a group's tokens): for short completions, as in the
-    embedded default; not with --gen.exact_logprobs (whose bitwise forward is the unshared one)."""
+    SDPA per (sub-)group, so it is for short completions, as in the embedded default; not with
+    --gen.exact_logprobs (whose bitwise forward is the unshared one)."""
+    share_max_tokens: int = 2048
+    """With share_prompts: groups are split into sub-groups of at most this many tokens (the dense mask's
+    width), and a step with a (prompt, completion) pair longer than this trains unshared (pack_rl)."""
 
 
 @dataclass
@@ -254,8 +257,7 @@ class RLTrainer(TrainerCore):
         loss_cfg = cfg.loss
         if loss_cfg.aggregation == "constant" and not loss_cfg.max_tokens:
             loss_cfg = RLLossConfig(**{**loss_cfg.__dict__, "max_tokens": stats["kept_samples"] * cfg.gen.max_new_tokens})
-        pack = pack_rl_shared if cfg.algo.share_prompts else pack_rl
-        micro = pack(prompts, comps, cfg.algo.micro_tokens) if prompts else []
+        micro = self.pack(prompts, comps)
         if cfg.gen.exact_logprobs:  # per-token values scattered onto [T] keep their indices
             micro = [dataclasses.replace(mb, batch=pad_for_invariance(mb.batch)) for mb in micro]
         unit = "tokens" if loss_cfg.aggregation == "token_mean" else "seqs"
@@ -294,6 +296,16 @@ class RLTrainer(TrainerCore):
             metrics_acc = dict(zip(names, summed[1:]))
             result = self.optimizer_step(loss_total)
         return {"loss": loss_total, **metrics_acc, **result}
+
+    def pack(self, prompts: list[list[int]], comps: list[list[int]]) -> list:
+        """Training micro-batches of the kept (prompt, completion) pairs: prompt-shared when share_prompts is on
+        and every pair fits share_max_tokens, else one document per pair."""
+        if not prompts:
+            return []
+        a = self.cfg.algo
+        if a.share_prompts and max(len(p) + len(c) for p, c in zip(prompts, comps)) <= a.share_max_tokens:
+            return pack_rl_shared(prompts, comps, a.micro_tokens, max_group_tokens=a.share_max_tokens)
+        return pack_rl(prompts, comps, a.micro_tokens)
 
     def _forward(self, model, mb) -> torch.Tensor:
         """Hidden states of RL micro-batch ``mb``: in exact-logprob mode with the batch-invariant attention,
