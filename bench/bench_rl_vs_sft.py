@@ -8,8 +8,9 @@ same warm start for the same wall time, on the same held-out problems with the s
    ``held-out pass@1 before/after``; its RL training time W is the sum of its steps' wall times.
 2. ``python recipes/sft.py`` continues the same warm start on the same SFT data (the same simulated teacher,
    ``--data.teacher_accuracy``) for W minutes, with the
-   warm start's own SFT settings (peak lr, batch, warmup, floor; the cosine spans the steps that fit in W
-   at twice the warm start's measured step rate, as a cap) and, as a second contender, at the warm start's final (floor) lr.
+   warm start's own SFT settings (peak lr, batch, warmup, floor; the cosine spans twice the steps the warm
+   start's measured step rate fits in W, and may end before W) and, as a second contender, at the warm
+   start's final (floor) lr, constant, for the whole of W.
 3. Each SFT model is evaluated by the RL trainer's own held-out evaluation (same problems, samples, seeds,
    temperature), so the three pass@1 figures differ only by the training that made them.
 Goal (issue #7): RL ahead of the best SFT contender by at least 3 points.
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -96,21 +98,24 @@ def main() -> None:
     ws_steps = [json.loads(line) for line in (Path(warm) / "sft_metrics.jsonl").read_text().splitlines()] \
         if (Path(warm) / "sft_metrics.jsonl").is_file() else []
     step_s = (ws_steps[-1]["time_s"] / ws_steps[-1]["step"]) if ws_steps else 0.5
-    sft_steps = max(1, int(2 * rl_train_s / step_s))  # a cap: the wall-time limit is what stops it
+    sft_steps = max(1, int(2 * rl_train_s / step_s))  # the cosine's length; the wall-time limit may stop it first
+    # (contender, step cap, lr options): the constant floor lr has no schedule to fit, so only the wall time
+    # stops it; the cosine of the warm start's settings spans sft_steps and may finish before the wall time.
     contenders = {
-        "sft_same_settings": ["--optim.lr", str(w.lr), "--optim.warmup_steps", str(w.warmup_steps),
-                              "--optim.min_lr_ratio", str(w.min_lr_ratio)],
-        "sft_floor_lr": ["--optim.lr", str(w.lr * w.min_lr_ratio), "--optim.warmup_steps", "0",
-                         "--optim.min_lr_ratio", "1.0"],
+        "sft_same_settings": (sft_steps, ["--optim.lr", str(w.lr), "--optim.warmup_steps", str(w.warmup_steps),
+                                          "--optim.min_lr_ratio", str(w.min_lr_ratio)]),
+        "sft_floor_lr": (100 * sft_steps, ["--optim.lr", str(w.lr * w.min_lr_ratio), "--optim.warmup_steps", "0",
+                                           "--optim.min_lr_ratio", "1.0"]),
     }
     results = {"rl": {"pass@1": rl_eval["after"]["pass@1"], "pass@1_stderr": rl_eval["after"]["stderr"],
                       "pass@1_before": rl_eval["before"]["pass@1"], "train_s": round(rl_train_s, 1),
                       "steps": len(steps)}}
     evaluator_cfg = rl_code.embedded_default()
-    for name, extra in contenders.items():
+    for name, (cap, extra) in contenders.items():
         out = work / name
+        shutil.rmtree(out, ignore_errors=True)  # a fresh run (the trainer appends to an existing metrics.jsonl)
         run([sys.executable, "recipes/sft.py", "--model.path", warm, "--run.out_dir", str(out),
-             "--run.progress", "false", "--run.max_steps", str(sft_steps),
+             "--run.progress", "false", "--run.max_steps", str(cap),
              "--run.max_minutes", f"{rl_train_s / 60:.3f}", "--data.examples_per_step", str(w.examples_per_step),
              "--data.teacher_accuracy", str(w.teacher_accuracy), *extra], work / f"{name}.log")
         sft_log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
