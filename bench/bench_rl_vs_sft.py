@@ -7,10 +7,9 @@ same warm start for the same wall time, on the same held-out problems with the s
 1. ``torchrun recipes/rl_code.py`` (the main job exactly as the README runs it, plus ``--run.out_dir``) prints
    ``held-out pass@1 before/after``; its RL training time W is the sum of its steps' wall times.
 2. ``python recipes/sft.py`` continues the same warm start on the same SFT data (the same simulated teacher,
-   ``--data.teacher_accuracy``) for W minutes, with the
-   warm start's own SFT settings (peak lr, batch, warmup, floor; the cosine spans twice the steps the warm
-   start's measured step rate fits in W, and may end before W) and, as a second contender, at the warm
-   start's final (floor) lr, constant, for the whole of W.
+   ``--data.teacher_accuracy``) for W minutes, with the warm start's own SFT settings (peak lr, batch,
+   warmup, floor; the cosine spans twice the steps the warm start's measured step rate fits in W, and may
+   end before W) and, as a second contender, at the warm start's final (floor) lr, constant, for all of W.
 3. Each SFT model is evaluated by the RL trainer's own held-out evaluation (same problems, samples, seeds,
    temperature), so the three pass@1 figures differ only by the training that made them.
 Goal (issue #7): RL ahead of the best SFT contender by at least 3 points.
