@@ -60,11 +60,13 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_engine(model, prompts, new, n, device, cache_tokens, exact=False):
+def run_engine(model, prompts, new, n, device, cache_tokens, exact=False, compile_decode=False):
     engine = Engine(model, max_tokens_in_cache=cache_tokens, eos_token_id=[],
-                    max_batch_size=max(256, n * len(prompts)), exact_logprobs=exact)
+                    max_batch_size=max(256, n * len(prompts)), exact_logprobs=exact, compile_decode=compile_decode)
     params = [SamplingParams(temperature=1.0, max_new_tokens=m, ignore_eos=True, seed=i) for i, m in enumerate(new)]
+    start = time.perf_counter()
     engine.generate(prompts[:2], [SamplingParams(temperature=1.0, max_new_tokens=4, seed=0)] * 2, n=n)  # warm-up
+    warmup = time.perf_counter() - start
     sync(device)
     start = time.perf_counter()
     out = engine.generate(prompts, params, n=n)
@@ -73,7 +75,10 @@ def run_engine(model, prompts, new, n, device, cache_tokens, exact=False):
     tokens = sum(len(c.token_ids) for group in out for c in group)
     assert tokens == n * sum(new), "the engine generated a different number of tokens than requested"
     res = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-           "decode_steps": engine.stats["decode_steps"], "preemptions": engine.stats["preemptions"]}
+           "decode_steps": engine.stats["decode_steps"], "preemptions": engine.stats["preemptions"],
+           "decode_attention": engine.decode_attention, "block_size": engine.block_size}
+    if compile_decode:
+        res["warmup_seconds_incl_compile"] = warmup
     if exact:
         res["rescore_seconds"] = engine.stats["rescore_seconds"]
         res["rescore_share"] = engine.stats["rescore_seconds"] / seconds
@@ -112,7 +117,11 @@ def bench_one(label, config, dtype, device, prompts, new, n, with_static):
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     cache_tokens = n * sum(len(p) + m for p, m in zip(prompts, new)) + 1024
     results = {f"{label}/vt_core_engine": run_engine(model, prompts, new, n, device, cache_tokens)}
-    if device == "cpu":  # exact_logprobs=True: + the trainer-exact re-scoring pass (bitwise only on CPU fp32)
+    if device == "cpu":
+        # compile_decode: the native decode step through torch.compile (its compilation is in the warm-up)
+        results[f"{label}/vt_core_engine_compiled"] = run_engine(model, prompts, new, n, device, cache_tokens,
+                                                                 compile_decode=True)
+        # exact_logprobs=True: + the trainer-exact re-scoring pass (bitwise only on CPU fp32)
         results[f"{label}/vt_core_engine_exact_logprobs"] = run_engine(model, prompts, new, n, device, cache_tokens, True)
     with torch.no_grad():
         try:
@@ -171,7 +180,10 @@ def main():
              "so it decodes every row for that many steps; only the requested tokens are counted. "
              "Sampling at temperature 1.0, no truncation, EOS ignored on both sides. vt_core_engine_exact_logprobs "
              "adds the re-scoring pass that makes the recorded logprobs equal the trainer's bitwise "
-             "(rescore_seconds / rescore_share of its run; rescore_max_abs_diff = decode-path vs trainer logprobs). Ratios are against the "
+             "(rescore_seconds / rescore_share of its run; rescore_max_abs_diff = decode-path vs trainer logprobs). "
+             "On CPU vt_core_engine is the default engine (decode_attention / block_size as recorded) and "
+             "vt_core_engine_compiled adds compile_decode=True (torch.compile of the decode step; its compilation "
+             "is in warmup_seconds_incl_compile, not in seconds). Ratios are against the "
              f"first workload's transformers run ({baseline}); compare within a workload.")
     if dev == "cpu":
         notes += f" CPU runs use torch threads = {torch.get_num_threads()} (OMP_NUM_THREADS)."

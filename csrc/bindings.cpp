@@ -9,6 +9,7 @@ namespace py = pybind11;
 namespace vt {
 void register_packing(py::module_& m);
 void register_sampling(py::module_& m);
+void register_decode_attention(py::module_& m);
 }  // namespace vt
 
 PYBIND11_MODULE(_C, m) {
@@ -19,4 +20,5 @@ PYBIND11_MODULE(_C, m) {
         "Number of visible CUDA devices (0 without a driver or GPU, or without a CUDA build)");
   vt::register_packing(m);
   vt::register_sampling(m);
+  vt::register_decode_attention(m);
 }

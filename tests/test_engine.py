@@ -34,17 +34,20 @@ def _hf_greedy(hf, prompt, new):
 
 
 @pytest.mark.parametrize("cache_tokens, block_size, decode_attention",
-                         [(4096, 16, "contiguous"), (48, 4, "contiguous"), (48, 4, "paged")])
+                         [(4096, 16, "contiguous"), (48, 4, "contiguous"), (48, 4, "paged"), (4096, None, "auto"),
+                          (48, 4, "native"), (60, 5, "native")])
 def test_greedy_equals_transformers(pair, cache_tokens, block_size, decode_attention):
     hf, model = pair
     engine = Engine(model, max_tokens_in_cache=cache_tokens, block_size=block_size, eos_token_id=[],
                     decode_attention=decode_attention)
+    if decode_attention == "auto":  # an fp32 CPU model: the C++ kernel, in 64-token blocks
+        assert engine.decode_attention == "native" and engine.block_size == 64
     out = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=16), n=2)
     for prompt, group in zip(PROMPTS, out):
         want = _hf_greedy(hf, prompt, 16)
         assert [c.token_ids for c in group] == [want, want]
         assert all(c.finish_reason == "length" and len(c.logprobs) == 16 for c in group)
-    if cache_tokens == 48:
+    if cache_tokens < 64:
         assert engine.stats["preemptions"] > 0  # the small cache forced preemption and recompute
     assert engine.cache.allocator.num_free == engine.num_blocks  # every block came back
 
@@ -111,7 +114,7 @@ def test_bad_requests_are_named(pair):
     with pytest.raises(ValueError, match="outside"):
         engine.generate([[1, 5000]], short)
     with pytest.raises(ValueError, match="exceeds the KV cache"):
-        engine.generate([[1, 2]], SamplingParams(max_new_tokens=40))
+        engine.generate([[1, 2]], SamplingParams(max_new_tokens=100))  # the cache rounds 32 up to one 64-block
     with pytest.raises(ValueError, match="stop strings need"):
         engine.generate([[1, 2]], SamplingParams(max_new_tokens=4, stop=("x",)))
     with pytest.raises(ValueError, match="top_p"):
@@ -158,22 +161,24 @@ def test_row_routed_sampler_equals_the_reference_bitwise():
 
 
 @pytest.mark.parametrize("max_batch", [9, 256])
-def test_contiguous_decode_mirror_equals_paged_attention(pair, max_batch):
+def test_contiguous_decode_mirror_and_native_equal_paged_attention(pair, max_batch):
     """Samples finishing one after another (mirror rows left in place, then compacted), late-admitted
-    prompts (rebuild, max_batch 9) and growth past the mirror's capacity give the paged path's results."""
+    prompts (rebuild, max_batch 9) and growth past the mirror's capacity give the paged path's results; so
+    does the C++ kernel (prefill and decode) on the same block tables."""
     _, model = pair
     prompts = [list(range(3, 3 + k)) for k in (5, 9, 2, 30, 14, 7)]
     params = [SamplingParams(temperature=0.8, max_new_tokens=m, seed=k, ignore_eos=True)
               for k, m in enumerate((3, 58, 6, 11, 9, 57))]
     runs = {}
-    for mode in ("paged", "contiguous"):
-        engine = Engine(model, eos_token_id=[], max_batch_size=max_batch, decode_attention=mode)
+    for mode in ("paged", "contiguous", "native"):
+        engine = Engine(model, eos_token_id=[], max_batch_size=max_batch, decode_attention=mode, block_size=16)
         runs[mode] = engine.generate(prompts, params, n=2)
         assert engine.workspace is None  # the mirror is dropped when generate returns
-    for g_paged, g_mirror in zip(runs["paged"], runs["contiguous"]):
-        for a, b in zip(g_paged, g_mirror):
-            assert a.token_ids == b.token_ids
-            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=1e-5)
+    for other in ("contiguous", "native"):
+        for g_paged, g_other in zip(runs["paged"], runs[other]):
+            for a, b in zip(g_paged, g_other):
+                assert a.token_ids == b.token_ids
+                torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="decode_attention"):
         Engine(model, decode_attention="flash")
 
@@ -192,3 +197,37 @@ def test_on_finish_reports_each_sample_once_as_it_finishes(pair):
     assert [p for p, *_ in seen[:2]] == [0, 0]  # the 3-token request finishes first, mid-generation
     for p, j, reason, ids, text in seen:
         assert reason == "length" and ids == out[p][j].token_ids and text == out[p][j].text
+
+
+def test_compiled_native_decode_equals_eager_and_sees_weight_updates(tmp_path):
+    """The native CPU decode step, eager and compiled (compile_decode=True), draws the torch reference's tokens,
+    and an in-place weight update (what an optimizer step does) reaches the compiled step."""
+    torch.manual_seed(0)  # head_dim 32: the C++ kernel's AVX2 path where the CPU has it
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                                 tie_word_embeddings=True)).save_pretrained(tmp_path)
+    model = vt_model.load(tmp_path).eval()
+    prompts = [list(range(3, 3 + k)) for k in (5, 9, 2, 90)]  # 90: a two-block table (blocks of 64)
+    params = [SamplingParams(temperature=0.8, max_new_tokens=m, seed=k, ignore_eos=True)
+              for k, m in enumerate((12, 3, 20, 7))]
+    compiled = Engine(model, eos_token_id=[], compile_decode=True)
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    seen = []
+    for update in range(2):
+        want = Engine(model, eos_token_id=[], decode_attention="paged").generate(prompts, params)
+        eager = Engine(model, eos_token_id=[]).generate(prompts, params)
+        seen.append([c.token_ids for group in want for c in group])
+        assert [c.token_ids for group in eager for c in group] == seen[-1]
+        got = compiled.generate(prompts, params)
+        assert compiled.cpu_decode.compiled
+        for g_want, g_got in zip(want, got):
+            for a, b in zip(g_want, g_got):
+                assert a.token_ids == b.token_ids
+                torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=1e-5)
+        with torch.no_grad():  # an in-place update, as the optimizer makes
+            model.model.layers[0].mlp.down_proj.weight.mul_(-3.0)
+    assert seen[0] != seen[1]  # the update changed what the model generates
+    # Batches of one and one-block tables were padded, so one graph served every step.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs_before + 1
+    with pytest.raises(ValueError, match="compile_decode"):
+        Engine(model, decode_attention="contiguous", compile_decode=True)

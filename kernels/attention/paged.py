@@ -19,7 +19,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .._dispatch import resolve_backend
+from .._dispatch import native, resolve_backend
+
+AVAILABLE = ("torch", "triton", "cpp")
 
 _LOG2E = 1.4426950408889634
 _NEG = -1.0e30
@@ -138,6 +140,29 @@ def paged_decode_fwd(q, k_cache, v_cache, block_table, context_lens, softmax_sca
     return o
 
 
+def paged_decode_cpp(q, k_cache, v_cache, block_table, context_lens, softmax_scale, threads=None, k_new=None,
+                     v_new=None):
+    """The C++ CPU kernel (``vt_core._C.paged_decode_attention_cpu``): fp32 CPU tensors, contiguous caches;
+    shapes are not checked here (callers validate once). Each sequence reads its own blocks, with no gather,
+    padding or mask. With ``k_new`` / ``v_new`` [B, Hkv, d] the last position of each sequence
+    (``context_lens[b] - 1``) is read from them rather than from the cache, which the caller writes after.
+    ``threads`` defaults to ``torch.get_num_threads()``. Returns o [B, H, d]."""
+    B, H, D = q.shape
+    q = q.contiguous()
+    block_table = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
+    context_lens = context_lens if context_lens.dtype == torch.int32 else context_lens.to(torch.int32)
+    block_table, context_lens = block_table.contiguous(), context_lens.contiguous()
+    if k_new is not None:
+        k_new, v_new = k_new.contiguous(), v_new.contiguous()
+    o = torch.empty_like(q)
+    native().paged_decode_attention_cpu(
+        q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), 0 if k_new is None else k_new.data_ptr(),
+        0 if v_new is None else v_new.data_ptr(), block_table.data_ptr(), context_lens.data_ptr(), o.data_ptr(), B, H,
+        k_cache.shape[2], D, k_cache.shape[0], k_cache.shape[1], block_table.shape[1], softmax_scale,
+        torch.get_num_threads() if threads is None else threads)
+    return o
+
+
 def paged_decode_attention_reference(q, k_cache, v_cache, block_table, context_lens, softmax_scale=None):
     """Torch reference: gather each sequence's cache through the block table, then masked SDPA (batched).
 
@@ -188,8 +213,16 @@ def paged_decode_attention(
         raise ValueError(f"paged_decode_attention: context_lens must be [B={B}], got {tuple(context_lens.shape)}")
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
     with torch.no_grad():
-        if resolve_backend("paged_decode_attention", q) == "torch":
+        backend = resolve_backend("paged_decode_attention", q, AVAILABLE)
+        if backend == "torch":
             return paged_decode_attention_reference(q, k_cache, v_cache, block_table, context_lens, scale)
+        if backend == "cpp":
+            if q.dtype != torch.float32 or k_cache.dtype != torch.float32 or v_cache.dtype != torch.float32:
+                raise ValueError("paged_decode_attention: the C++ CPU kernel takes fp32 q and caches, got "
+                                 f"{q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+            if not k_cache.is_contiguous() or not v_cache.is_contiguous():
+                raise ValueError("paged_decode_attention: k_cache and v_cache must be contiguous")
+            return paged_decode_cpp(q, k_cache, v_cache, block_table, context_lens, scale)
         if D % 16 != 0 or D > 256:
             raise ValueError(f"paged_decode_attention: the Triton path needs d a multiple of 16 up to 256, got {D}")
         if not k_cache.is_contiguous() or not v_cache.is_contiguous():

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vt_core.kernels.attention.paged import paged_decode_cpp
 from vt_core.kernels import (
     packed_attention_reference,
     paged_decode_attention,
@@ -91,6 +92,68 @@ def test_write_then_decode_equals_packed_attention(monkeypatch, backend):
     out = paged_decode_attention(q[last], k_cache, v_cache, block_table, torch.tensor(lens, dtype=torch.int32))
     ref = packed_attention_reference(q, k, v, cu)[last]
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "ctx,H,Hkv,d,page",
+    [
+        ([1, 17, 64, 100, 33, 0], 4, 2, 32, 16),  # AVX2 path, d = 32 specialised, an empty sequence
+        ([300, 5, 129], 8, 2, 64, 64),  # d = 64, GQA 4 (two register tiles of 3 + 1 query heads)
+        ([70, 1], 12, 2, 128, 16),  # d = 128 (4 column tiles), GQA 6
+        ([40, 9, 23], 6, 3, 48, 8),  # AVX2 path with d unspecialised
+        ([40, 9, 23], 4, 4, 20, 5),  # d not a multiple of 8 (portable loops), pages not a multiple of 8
+        ([33, 2], 6, 2, 32, 12),  # AVX2 path, pages not a multiple of 8
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_paged_decode_cpp_matches_gather(monkeypatch, ctx, H, Hkv, d, page, threads):
+    """The C++ CPU kernel (VT_BACKEND=cuda on CPU tensors) against the per-sequence float64 oracle; with
+    k_new / v_new it reads each sequence's last position from them instead of the cache."""
+    q, kc, vc, bt, cl = _paged_setup(ctx, H, Hkv, d, page, seed=len(ctx) + d)
+    oracle = _per_sequence(q, kc, vc, bt, cl)
+    monkeypatch.setenv("VT_BACKEND", "cuda")
+    torch.testing.assert_close(paged_decode_attention(q, kc, vc, bt, cl).double(), oracle, atol=2e-6, rtol=1e-5)
+    out = paged_decode_cpp(q, kc, vc, bt, cl, d**-0.5, threads=threads)
+    torch.testing.assert_close(out.double(), oracle, atol=2e-6, rtol=1e-5)
+    # The last position from k_new / v_new: poison its cache slot; the result must not change.
+    last = [(int(bt[b, (n - 1) // page]), (n - 1) % page) for b, n in enumerate(ctx)]
+    k_new = torch.stack([kc[blk, off] if n else torch.zeros(Hkv, d) for (blk, off), n in zip(last, ctx)])
+    v_new = torch.stack([vc[blk, off] if n else torch.zeros(Hkv, d) for (blk, off), n in zip(last, ctx)])
+    for (blk, off), n in zip(last, ctx):
+        if n:
+            kc[blk, off], vc[blk, off] = float("nan"), float("nan")
+    fresh = paged_decode_cpp(q, kc, vc, bt, cl, d**-0.5, threads=threads, k_new=k_new, v_new=v_new)
+    torch.testing.assert_close(fresh.double(), oracle, atol=2e-6, rtol=1e-5)
+
+
+def test_paged_decode_cpp_prefill_rows_equal_packed_attention():
+    """The engine's CPU prefill: every prompt token is a query row over its own prefix (rows of one prompt
+    share its block table) and equals causal packed attention."""
+    lens, H, Hkv, d, page = [9, 70, 1], 4, 2, 32, 16
+    T = sum(lens)
+    q, k, v = torch.randn(T, H, d), torch.randn(T, Hkv, d), torch.randn(T, Hkv, d)
+    cu = torch.tensor([0, 9, 79, 80], dtype=torch.int32)
+    tables = torch.randperm(16)[:15].view(3, 5).to(torch.int32)
+    pos = torch.cat([torch.arange(n) for n in lens])
+    seq = torch.repeat_interleave(torch.arange(3), torch.tensor(lens))
+    slots = tables[seq, pos // page].long() * page + pos % page
+    k_cache, v_cache = torch.zeros(16, page, Hkv, d), torch.zeros(16, page, Hkv, d)
+    k_cache.view(-1, Hkv, d)[slots], v_cache.view(-1, Hkv, d)[slots] = k, v
+    out = paged_decode_cpp(q, k_cache, v_cache, tables[seq], (pos + 1).to(torch.int32), d**-0.5)
+    torch.testing.assert_close(out, packed_attention_reference(q, k, v, cu), atol=2e-6, rtol=1e-5)
+
+
+def test_paged_decode_cpp_errors(monkeypatch):
+    q, kc, vc, bt, cl = _paged_setup([4, 40], 4, 2, 16, 8)
+    monkeypatch.setenv("VT_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="fp32"):
+        paged_decode_attention(q.half(), kc.half(), vc.half(), bt, cl)
+    bad = bt.clone()
+    bad[1, 2] = 999
+    with pytest.raises(ValueError, match=r"block_table\[1, 2\] = 999 is not a cache block"):
+        paged_decode_cpp(q, kc, vc, bad, cl, 0.25)
+    with pytest.raises(ValueError, match=r"context_lens\[1\] = 400 does not fit its block table"):
+        paged_decode_cpp(q, kc, vc, bt, torch.tensor([4, 400], dtype=torch.int32), 0.25)
 
 
 def test_write_kv_cache_triton_matches_reference(monkeypatch):

@@ -8,8 +8,9 @@ the prefill token budget allows; admitted prompts are prefilled together as one 
 model's forward with an attention hook that writes K/V into the cache and runs ``packed_attention``);
 the last prompt position is sampled n times and the n samples share the prompt's full blocks (each gets
 its own copy of a partly filled last block). Then every running sample decodes one token
-(``paged_decode_attention`` over its blocks, or on CPU a contiguous mirror of the running batch's K/V,
-``vt_core.generation.workspace``). On CPU sampling routes each row by its parameters
+(``paged_decode_attention`` over its blocks; on CPU with an fp32 model the C++ kernel straight on the block
+tables, which also serves the prefill, ``vt_core.generation.cpu_decode``; or a contiguous mirror of the
+running batch's K/V, ``vt_core.generation.workspace``). On CPU sampling routes each row by its parameters
 (``vt_core.generation.sampler``: no sort unless the row uses top-k / top-p; Philox uniforms buffered 64
 tokens ahead), with the results of ``vt_core.kernels.sample`` bit for bit; on CUDA the whole batch goes
 through the fused sampling kernel. On CUDA decode steps are padded to a batch-size bucket and replayed as
@@ -39,13 +40,14 @@ from collections.abc import Callable
 import torch
 
 from vt_core.generation.cache import KVCache
+from vt_core.generation.cpu_decode import CpuDecode
 from vt_core.generation.exact import score_completions
 from vt_core.generation.graphs import BucketedDecode, default_buckets, to_device
 from vt_core.generation.params import Completion, SamplingParams
 from vt_core.generation.sampler import sample_rows, uniforms_ahead
 from vt_core.generation.workspace import DecodeWorkspace
 from vt_core.kernels import packed_attention
-from vt_core.kernels.attention.paged import paged_decode_attention, write_kv_cache
+from vt_core.kernels.attention.paged import paged_decode_attention, paged_decode_cpp, write_kv_cache
 from vt_core.kernels.sampling import sample_prevalidated
 
 _MASK64 = (1 << 64) - 1
@@ -122,15 +124,20 @@ class Engine:
     model: the causal LM (its parameters are used in place; call under no FSDP sharding, or after
     gathering full parameters). tokenizer: optional, needed for stop strings and ``Completion.text``.
     max_tokens_in_cache / kv_budget_bytes: cache size (one of them; default 65,536 tokens).
-    block_size: tokens per cache block. max_prefill_tokens: token budget of one prefill batch.
+    block_size: tokens per cache block (None: 64 with the native CPU decode attention, whose reads stream
+    faster over longer contiguous runs, else 16). max_prefill_tokens: token budget of one prefill batch.
     max_batch_size: most samples decoding at once. eos_token_id: defaults to the tokenizer's, else the config's.
     exact_logprobs: after generating, re-score every sample with the trainer's packed forward and
     ``linear_logprobs`` (see ``vt_core.generation.exact``) so that ``Completion.logprobs`` equals what the
     trainer recomputes bitwise (fp32, CPU); the decode path's values move to ``sampler_logprobs``.
     score_tokens: token budget of one re-scoring batch.
-    decode_attention: "paged" (``paged_decode_attention`` on the block tables), "contiguous" (a contiguous
-    mirror of the running batch's K/V, ``vt_core.generation.workspace``; faster on CPU, more memory) or
-    "auto" (contiguous on CPU, paged otherwise).
+    decode_attention: "paged" (``paged_decode_attention`` on the block tables), "native" (the C++ CPU kernel
+    ``vt_core._C.paged_decode_attention_cpu`` straight on the block tables, prefill included:
+    ``vt_core.generation.cpu_decode``; fp32 CPU models), "contiguous" (a contiguous mirror of the running
+    batch's K/V, ``vt_core.generation.workspace``; the previous CPU path, more memory) or "auto" (native for
+    fp32 CPU models, contiguous for other CPU dtypes, paged on GPU).
+    compile_decode: run the native CPU decode step through ``torch.compile`` (Inductor fuses the elementwise
+    work around the GEMMs; the first step compiles for tens of seconds; ``vt_core.generation.cpu_decode``).
     readback_lag: launches a drawn token may stay on the device before the host reads it (None: 1 on CUDA,
     0 on CPU). With 1 the host queues step t+1 before it waits for step t's tokens, so the device never
     idles on a per-token sync; a sample that stops on a token is found one step late (its extra token is
@@ -142,11 +149,11 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer=None, *, max_tokens_in_cache: int | None = None,
-                 kv_budget_bytes: int | None = None, block_size: int = 16, max_prefill_tokens: int = 8192,
+                 kv_budget_bytes: int | None = None, block_size: int | None = None, max_prefill_tokens: int = 8192,
                  max_batch_size: int = 256, eos_token_id: int | list[int] | None = None,
                  exact_logprobs: bool = False, score_tokens: int = 16384, decode_attention: str = "auto",
                  readback_lag: int | None = None, cuda_graphs: bool | None = None,
-                 batch_buckets: tuple[int, ...] | None = None):
+                 batch_buckets: tuple[int, ...] | None = None, compile_decode: bool = False):
         if max_tokens_in_cache is not None and kv_budget_bytes is not None:
             raise ValueError("Engine: give max_tokens_in_cache or kv_budget_bytes, not both")
         cfg = model.config
@@ -154,18 +161,10 @@ class Engine:
             raise ValueError("Engine: sliding-window layers are not supported by the paged decode path")
         self.model = model
         self.tokenizer = tokenizer
-        self.block_size = block_size
         self.max_prefill_tokens = max_prefill_tokens
         self.max_batch_size = max_batch_size
         param = model.lm_head_weight
         self.dtype, self.device = param.dtype, param.device
-        dims = (cfg.num_hidden_layers, block_size, cfg.num_key_value_heads, cfg.head_dim)
-        if kv_budget_bytes is not None:
-            self.num_blocks = KVCache.blocks_for_budget(kv_budget_bytes, *dims, self.dtype)
-        else:
-            self.num_blocks = KVCache.blocks_for_tokens(max_tokens_in_cache or 65536, block_size)
-        if self.num_blocks < 1:
-            raise ValueError("Engine: the KV cache budget is smaller than one block")
         if eos_token_id is None:
             eos_token_id = getattr(tokenizer, "eos_token_id", None)
         if eos_token_id is None:
@@ -174,8 +173,13 @@ class Engine:
         self.eos_ids = frozenset(int(e) for e in eos)
         self.exact_logprobs = exact_logprobs
         self._on_finish: Callable[[int, int, Completion], None] | None = None
-        if decode_attention not in ("auto", "paged", "contiguous"):
-            raise ValueError(f"Engine: decode_attention must be 'auto', 'paged' or 'contiguous', got {decode_attention!r}")
+        if decode_attention not in ("auto", "paged", "contiguous", "native"):
+            raise ValueError("Engine: decode_attention must be 'auto', 'paged', 'contiguous' or 'native', "
+                             f"got {decode_attention!r}")
+        native_ok = self.device.type == "cpu" and self.dtype == torch.float32
+        if decode_attention == "native" and not native_ok:
+            raise ValueError(f"Engine: decode_attention='native' is the C++ CPU kernel (fp32 CPU models), got a "
+                             f"{self.dtype} model on {self.device}")
         on_cuda = self.device.type == "cuda"
         if cuda_graphs is None:
             cuda_graphs = on_cuda and model.rotary.p["rope_type"] != "dynamic"
@@ -187,16 +191,33 @@ class Engine:
             if max(batch_buckets) < max_batch_size:
                 raise ValueError(f"Engine: the largest of batch_buckets {tuple(batch_buckets)} must be >= "
                                  f"max_batch_size {max_batch_size}")
-            if decode_attention == "contiguous":
+            if decode_attention in ("contiguous", "native"):
                 raise ValueError("Engine: bucketed decode steps (batch_buckets, cuda_graphs) use decode_attention='paged'")
             decode_attention = "paged"
         if decode_attention == "auto":
-            decode_attention = "contiguous" if self.device.type == "cpu" else "paged"
+            decode_attention = "paged" if self.device.type != "cpu" else "native" if native_ok else "contiguous"
         self.decode_attention = decode_attention
+        if block_size is None:  # CPU: long contiguous runs for the C++ kernel's reads; GPU: fine-grained sharing
+            block_size = 64 if decode_attention == "native" else 16
+        if block_size < 1:
+            raise ValueError(f"Engine: block_size must be >= 1, got {block_size}")
+        self.block_size = block_size
+        dims = (cfg.num_hidden_layers, block_size, cfg.num_key_value_heads, cfg.head_dim)
+        if kv_budget_bytes is not None:
+            self.num_blocks = KVCache.blocks_for_budget(kv_budget_bytes, *dims, self.dtype)
+        else:
+            self.num_blocks = KVCache.blocks_for_tokens(max_tokens_in_cache or 65536, block_size)
+        if self.num_blocks < 1:
+            raise ValueError("Engine: the KV cache budget is smaller than one block")
         self.cuda_graphs, self.batch_buckets = bool(cuda_graphs), batch_buckets
         self.readback_lag = (1 if on_cuda else 0) if readback_lag is None else readback_lag
         if self.readback_lag < 0:
             raise ValueError(f"Engine: readback_lag must be >= 0, got {readback_lag}")
+        if compile_decode and decode_attention != "native":
+            raise ValueError(f"Engine: compile_decode compiles the native CPU decode step, but decode_attention is "
+                             f"{decode_attention!r}")
+        self.compile_decode = compile_decode
+        self.cpu_decode: CpuDecode | None = None
         self.workspace: DecodeWorkspace | None = None
         self.bucketed: BucketedDecode | None = None
         self._param_ptrs: tuple = ()
@@ -341,10 +362,23 @@ class Engine:
         slot_t = to_device(torch.tensor(slots, dtype=torch.int64), dev)
         layers = self.model.model.layers
 
-        def attention(i, q, k, v):
-            write_kv_cache(k, v, cache.k[i], cache.v[i], slot_t)
-            attn = layers[i].self_attn
-            return packed_attention(q, k, v, cu, max(lens), causal=True, softmax_scale=attn.scale, window=attn.window)
+        if self.decode_attention == "native":
+            # Each prompt token is a query row of the C++ decode attention over its own prefix in the cache
+            # (written first): rows of one prompt share its block table. No padding or L x L mask.
+            width = max(len(b) for b in owners)
+            tables = torch.tensor([b + [0] * (width - len(b)) for b in owners], dtype=torch.int32)
+            table = tables.repeat_interleave(torch.tensor(lens), dim=0)
+            ctx = torch.tensor(pos, dtype=torch.int32) + 1
+
+            def attention(i, q, k, v):
+                cache.write(i, slot_t, k, v)
+                return paged_decode_cpp(q, cache.k[i], cache.v[i], table, ctx, layers[i].self_attn.scale)
+        else:
+            def attention(i, q, k, v):
+                write_kv_cache(k, v, cache.k[i], cache.v[i], slot_t)
+                attn = layers[i].self_attn
+                return packed_attention(q, k, v, cu, max(lens), causal=True, softmax_scale=attn.scale,
+                                        window=attn.window)
 
         hidden = self.model(to_device(torch.tensor(ids), dev), to_device(torch.tensor(pos), dev), cu, max(lens), attention)
         self.stats["prefill_tokens"] += len(ids)
@@ -436,6 +470,12 @@ class Engine:
             table = to_device(torch.tensor([s.blocks + [0] * (width - len(s.blocks)) for s in running],
                                            dtype=torch.int32), dev)
             ctx = to_device(torch.tensor([p + 1 for p in positions], dtype=torch.int32), dev)
+            if self.decode_attention == "native":
+                if self.cpu_decode is None:
+                    self.cpu_decode = CpuDecode(self.model, self.compile_decode)
+                logits = self.cpu_decode.step(cache, ids, torch.tensor(positions), slot_t, table, ctx)
+                self._draw(batch, logits, running)
+                return
 
             def attention(i, q, k, v):
                 write_kv_cache(k, v, cache.k[i], cache.v[i], slot_t)
