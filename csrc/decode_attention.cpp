@@ -257,8 +257,7 @@ VT_AVX2 void decode_seq_avx2(const DecodeArgs& a, std::int64_t b, std::vector<fl
   std::vector<float> inv(static_cast<std::size_t>(H));
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (std::int64_t hq = 0; hq < H; ++hq) {
-    float* sh = sp + hq * n8;
-    for (std::int64_t t = n; t < n8; ++t) sh[t] = sh[n - 1];
+    float* sh = sp + hq * n8;  // lanes n..n8-1 hold the last position's score again (pass 1)
     __m256 mv = _mm256_loadu_ps(sh);
     for (std::int64_t t = 8; t < n8; t += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(sh + t));
     const __m256 m = _mm256_set1_ps(hmax8(mv));

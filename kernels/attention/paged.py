@@ -8,6 +8,11 @@ K/V included: write it with ``write_kv_cache`` first), and one query token q[b] 
 Triton path (split-KV "flash decoding"): grid (sequence, kv head, split); each program takes the G = H/Hkv
 query heads of its kv group over one slice of the context, gathering keys through the block table, and
 writes an unnormalised partial (acc, running max, sum) in fp32; a second kernel merges the splits.
+
+C++ CPU path (``paged_decode_cpp``; the ``"cpp"`` backend, i.e. ``VT_BACKEND=cuda`` on CPU tensors, and the
+generation engine's CPU path): ``vt_core._C.paged_decode_attention_cpu`` in csrc/decode_attention.cpp, fp32,
+one sequence per work item reading its blocks in place (AVX2 where the CPU has it). It can also take the
+step's own k/v directly (``k_new`` / ``v_new``) so that attention is a pure function of its inputs.
 """
 
 from __future__ import annotations
