@@ -12,6 +12,13 @@ import math
 import torch
 
 
+def block_table(block_lists: list[list[int]]) -> torch.Tensor:
+    """Host int32 [len(block_lists), longest] of the lists' block ids, short rows padded with block 0 (any
+    valid id: entries past a sequence's last block are never read)."""
+    width = max(len(b) for b in block_lists)
+    return torch.tensor([b + [0] * (width - len(b)) for b in block_lists], dtype=torch.int32)
+
+
 class BlockAllocator:
     """Free list plus reference counts over ``num_blocks`` block ids."""
 

@@ -20,18 +20,25 @@ optimizer steps (in place) need no recompilation.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.fx.experimental._config as fx_config
 
 from vt_core.kernels.attention.paged import paged_decode_cpp
 
 
+def _attend_with_new(q, k_new, v_new, k_cache, v_cache, block_table, context_lens, scale, threads):
+    """``paged_decode_cpp`` with the step's own k/v given (see the module docstring)."""
+    return paged_decode_cpp(q, k_cache, v_cache, block_table, context_lens, scale, threads, k_new, v_new)
+
+
 @torch.library.custom_op("vt_core::paged_decode_cpu", mutates_args=())
 def paged_decode_cpu_op(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
                         v_cache: torch.Tensor, block_table: torch.Tensor, context_lens: torch.Tensor, scale: float,
                         threads: int) -> torch.Tensor:
-    """``paged_decode_cpp`` with the step's own k/v given (see the module docstring), as a torch op."""
-    return paged_decode_cpp(q, k_cache, v_cache, block_table, context_lens, scale, threads, k_new, v_new)
+    """``_attend_with_new`` as a torch op, which is how the compiled step calls the kernel."""
+    return _attend_with_new(q, k_new, v_new, k_cache, v_cache, block_table, context_lens, scale, threads)
 
 
 @paged_decode_cpu_op.register_fake
@@ -50,15 +57,12 @@ class CpuDecode:
     def _forward(self, ids, positions, k_cache, v_cache, table, ctx, threads: int):
         layers = self.model.model.layers
         ks, vs = [], []
-        op = paged_decode_cpu_op if self.compiled else paged_decode_cpp
+        attend = paged_decode_cpu_op if self.compiled else _attend_with_new
 
         def attention(i, q, k, v):
             ks.append(k)
             vs.append(v)
-            scale = layers[i].self_attn.scale
-            if self.compiled:
-                return op(q, k, v, k_cache[i], v_cache[i], table, ctx, scale, threads)
-            return op(q, k_cache[i], v_cache[i], table, ctx, scale, threads, k, v)
+            return attend(q, k, v, k_cache[i], v_cache[i], table, ctx, layers[i].self_attn.scale, threads)
 
         hidden = self.model(ids, positions, None, None, attention)
         return self.model.logits(hidden), torch.stack(ks), torch.stack(vs)
@@ -78,11 +82,9 @@ class CpuDecode:
                 table, ctx = torch.cat([table, table]), torch.cat([ctx, torch.zeros_like(ctx)])
             if table.shape[1] == 1:
                 table = torch.cat([table, table], dim=1)
-        if self.compiled:  # no duck sizing: equal sizes at the first call (say batch == table width) stay apart
-            with fx_config.patch(use_duck_shape=False):
-                logits, ks, vs = self._fn(ids, positions, cache.k, cache.v, table, ctx, torch.get_num_threads())
-        else:
-            logits, ks, vs = self._forward(ids, positions, cache.k, cache.v, table, ctx, torch.get_num_threads())
+        # No duck sizing when compiling: sizes equal at the first call (say batch == table width) stay apart.
+        with fx_config.patch(use_duck_shape=False) if self.compiled else contextlib.nullcontext():
+            logits, ks, vs = self._fn(ids, positions, cache.k, cache.v, table, ctx, torch.get_num_threads())
         logits, ks, vs = logits[:B], ks[:, :B], vs[:, :B]
         L, _, hkv, d = ks.shape
         cache.k.view(L, -1, hkv * d).index_copy_(1, slots, ks.reshape(L, B, hkv * d))

@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 import torch
 
-from vt_core.generation.cache import KVCache
+from vt_core.generation.cache import KVCache, block_table
 from vt_core.generation.cpu_decode import CpuDecode
 from vt_core.generation.exact import score_completions
 from vt_core.generation.graphs import BucketedDecode, default_buckets, to_device
@@ -365,9 +365,7 @@ class Engine:
         if self.decode_attention == "native":
             # Each prompt token is a query row of the C++ decode attention over its own prefix in the cache
             # (written first): rows of one prompt share its block table. No padding or L x L mask.
-            width = max(len(b) for b in owners)
-            tables = torch.tensor([b + [0] * (width - len(b)) for b in owners], dtype=torch.int32)
-            table = tables.repeat_interleave(torch.tensor(lens), dim=0)
+            table = block_table(owners).repeat_interleave(torch.tensor(lens), dim=0)
             ctx = torch.tensor(pos, dtype=torch.int32) + 1
 
             def attention(i, q, k, v):
@@ -466,9 +464,7 @@ class Engine:
                 cache.write(i, slot_t, k, v)
                 return ws.attend(i, q, k, v, plan, layers[i].self_attn.scale)
         else:
-            width = max(len(s.blocks) for s in running)
-            table = to_device(torch.tensor([s.blocks + [0] * (width - len(s.blocks)) for s in running],
-                                           dtype=torch.int32), dev)
+            table = to_device(block_table([s.blocks for s in running]), dev)
             ctx = to_device(torch.tensor([p + 1 for p in positions], dtype=torch.int32), dev)
             if self.decode_attention == "native":
                 if self.cpu_decode is None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from vt_core.generation.cache import block_table
 from vt_core.kernels.attention.paged import paged_decode_attention, write_kv_cache
 from vt_core.kernels.sampling import sample_prevalidated
 
@@ -98,7 +99,7 @@ class BucketedDecode:
         if width > self.width:
             raise ValueError(f"BucketedDecode: a sequence holds {width} blocks, the table has {self.width}")
         # entries past a row's last block are never read by the kernel; stale ones from earlier steps stay valid ids
-        table = torch.tensor([t + [0] * (width - len(t)) for t in tables] + [[0] * width] * pad, dtype=torch.int32)
+        table = block_table(tables + [[]] * pad)
         st.ints.copy_(to_device(ints, self.device), non_blocking=True)
         st.floats.copy_(to_device(floats, self.device), non_blocking=True)
         st.table[:, :width].copy_(to_device(table, self.device), non_blocking=True)
