@@ -17,6 +17,10 @@ writable place) is emptied, so no candidate can see or leave anything for anothe
 as K launches at a fraction of the start-up cost. The parent cannot stop one candidate early (expected
 outputs never enter the sandbox), so a candidate's remaining tests are skipped here after a test that
 errors or times out.
+
+Protocol: the first line is {"ready": true} (the interpreter and the harness started); a failure of the
+harness itself (never a candidate's: candidates run in forked children) is reported as one line
+{"infra": "..."} before it exits, so the parent can tell an infrastructure failure from a program's.
 """
 
 import json
@@ -96,9 +100,15 @@ def _run_one(code, spec, test):
     sys.stdout.flush()
     sys.stderr.flush()
     start = time.monotonic()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except BlockingIOError as exc:  # the candidate's own leftover processes use up RLIMIT_NPROC
+        return {"status": "error", "time_s": 0.0, "error": f"cannot start the test: {exc}"}
     if pid == 0:
-        _child(code, spec, test)
+        try:
+            _child(code, spec, test)
+        finally:
+            os._exit(1)  # a child never returns into the harness's loop
     pidfd = os.pidfd_open(pid)
     ready, _, _ = select.select([pidfd], [], [], spec["per_test_s"])
     timed_out = not ready
@@ -124,7 +134,8 @@ def _run_one(code, spec, test):
 
 def _reset(sandboxed):
     """Between group candidates: kill every other process of the sandbox's pid namespace (only inside the
-    sandbox, where this harness is pid 2 under the launcher) and empty the working dir and /tmp."""
+    sandbox, where this harness is pid 2 under the launcher) and empty the working dir and /tmp of what
+    the candidates made."""
     if sandboxed:
         for entry in os.listdir("/proc"):
             if entry.isdigit() and int(entry) not in (1, os.getpid()):
@@ -140,15 +151,32 @@ def _reset(sandboxed):
                 break
     roots = ["."] + (["/tmp"] if sandboxed else [])
     for root in roots:
+        device = os.stat(root).st_dev
         for name in os.listdir(root):
             path = os.path.join(root, name)
-            if os.path.abspath(path) != os.getcwd():
+            if os.path.abspath(path) != os.getcwd() and _made_by_candidates(path, device):
                 _remove(path)
 
 
+def _made_by_candidates(path, device):
+    """Whether ``path`` (an entry of /tmp or of the working dir) was made by a candidate: owned by this
+    uid (every candidate runs as it) and on the tree's own file system.
+
+    Everything else there is the launcher's and is left in place: the read-only binds of allowed host
+    paths that live under /tmp (a venv or checkout there holds the interpreter's prefix, which must be
+    visible at its own absolute path, so the launcher cannot put it anywhere else) and the root-owned
+    directories leading to them. Deleting those fails on the read-only file system (issue 14: every
+    group reward was 0 with a venv under /tmp), and no candidate can change them: the binds are
+    read-only, root's directories are 0755, and /tmp and /tmp/work are root-owned and sticky, so no
+    candidate can rename or replace root's entries."""
+    st = os.lstat(path)
+    return st.st_uid == os.getuid() and st.st_dev == device
+
+
 def _remove(path):
-    """Delete a file or a whole tree, restoring permissions a program may have taken away (an error here
-    ends the run: the programs not yet judged then get no reward, never a contaminated one)."""
+    """Delete a candidate's file or whole tree, restoring permissions a program may have taken away (an
+    error here ends the run and is reported as the harness's failure: the programs not yet judged then
+    get no reward, never a contaminated one)."""
     if os.path.isdir(path) and not os.path.islink(path):
         os.chmod(path, 0o700)
         for name in os.listdir(path):
@@ -172,9 +200,18 @@ def _run_candidate(source, name, spec, results, tag):
 
 
 def main():
+    results = os.fdopen(3, "wb", buffering=0)
+    results.write(b'{"ready": true}\n')
+    try:
+        _serve(results)
+    except Exception as exc:  # the harness's own failure: say so, so that it is never taken for a program's
+        results.write(json.dumps({"infra": f"test harness failed: {type(exc).__name__}: {exc}"}).encode() + b"\n")
+        raise
+
+
+def _serve(results):
     with open("tests.json") as f:
         spec = json.load(f)
-    results = os.fdopen(3, "wb", buffering=0)
     if "candidates" not in spec:
         with open("solution.py") as f:
             _run_candidate(f.read(), "solution.py", spec, results, {})

@@ -5,7 +5,8 @@
  * options (all required ones are always passed by vt_core.sandbox):
  *   --uid N --gid N           non-root ids the program runs as
  *   --as BYTES --cpu SECONDS --fsize BYTES --nofile N --nproc N   rlimits (hard = soft)
- *   --tmp-bytes BYTES --tmp-inodes N   size of the private /tmp (a tmpfs; the program runs in /tmp/work)
+ *   --tmp-bytes BYTES --tmp-inodes N   size of the private /tmp (a tmpfs; the program runs in /tmp/work,
+ *                             root's and sticky like /tmp)
  *   --wall SECONDS            backup wall-clock limit (the parent enforces its own, shorter one)
  *   --allow PATH              make PATH visible, read-only (repeatable); nothing else of the host is
  *                             (the root is a fresh tmpfs holding these binds, /proc, a private /dev and /tmp)
@@ -200,6 +201,7 @@ static int under_tmp(const char *p) {
 static void build_filesystem(void) {
     char path[PATH_MAX], opts[128];
     int allow_fd[MAX_LIST];
+    umask(022); /* the directories made here must be searchable by the program whatever the parent's umask */
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) die("make mounts private");
     for (int i = 0; i < cfg.n_allow; i++) allow_fd[i] = open(cfg.allow[i], O_PATH | O_NOFOLLOW | O_CLOEXEC);
     tmpfs(NEW_ROOT, MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755");
@@ -231,9 +233,13 @@ static void build_filesystem(void) {
     mkdirs(in_root(path, sizeof path, "/tmp"));
     snprintf(opts, sizeof opts, "size=%lu,nr_inodes=%lu,mode=1777", cfg.tmp_bytes, cfg.tmp_inodes);
     tmpfs(path, MS_NOSUID | MS_NODEV, opts);
+    /* The working dir is root's and sticky, like /tmp: the program may create and delete its own files
+     * there, but cannot rename or remove root's entries (the directories leading to an allowed path under
+     * /tmp/work, e.g. a venv in a checkout there), so nothing of the launcher's can be moved away from
+     * under the next program of a group (code_harness.py leaves root's entries in place). */
     in_root(path, sizeof path, "/tmp/work");
-    if (mkdir(path, 0700) || chown(path, cfg.uid, cfg.gid)) die(path);
-    /* allowed paths under /tmp (e.g. a checkout there) go on top of the private /tmp, not under it */
+    if (mkdir(path, 0755) || chmod(path, 01777)) die(path);
+    /* allowed paths under /tmp (e.g. a venv or checkout there) go on top of the private /tmp, not under it */
     for (int i = 0; i < cfg.n_allow; i++)
         if (under_tmp(cfg.allow[i])) allow_path(cfg.allow[i], allow_fd[i]);
     for (int i = 0; i < cfg.n_allow; i++)
