@@ -5,6 +5,10 @@ stay in this process, which compares each result line as it arrives (and stops t
 failure when asked). Exiting early, printing PASS, patching builtins or returning an object whose
 ``__eq__`` is always true therefore earns nothing: only the program's stdout, or the JSON value of what
 the function returned, is compared. Registered as the "code" verifier.
+
+A failure of the sandbox or the harness (setup failed, the harness did not start or crashed, a program
+of a group never ran) is not a reward: its RewardResult has ``infra_error`` set (see ``_Launch``) and is
+never cached. Running without OS isolation available raises SandboxUnavailable.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from vt_core.rewards.code_formats import (
 )
 from vt_core.rewards.registry import register_verifier
 from vt_core.sandbox import Limits, run_python
+from vt_core.sandbox.isolation import SETUP_FAILED
 
 _HARNESS = (Path(__file__).with_name("code_harness.py")).read_text()
 # Seconds granted on top of the per-test limits for interpreter start-up and the harness itself.
@@ -119,7 +124,6 @@ class _Verdicts:
         i, suite = len(self.statuses), self.suite
         if rec.get("i") != i or i >= len(suite):
             self.statuses.append("protocol")
-            self.reasons.append(f"test {i}: malformed result from the sandbox")
             return False
         if rec.get("status") != "ok":
             self.statuses.append(str(rec.get("status")))
@@ -136,19 +140,99 @@ class _Verdicts:
                 self.reasons.append(f"test {i}: wrong answer")
         return self.statuses[-1] == "passed" or not self.cfg.stop_on_first_failure
 
-    def result(self, res) -> RewardResult:
+    @property
+    def judged(self) -> bool:
+        """Whether the lines so far decide the reward: every test passed, or one failed by the program's
+        own doing (later tests cannot make the reward 1)."""
+        if "protocol" in self.statuses:
+            return False
+        return len(self.statuses) == len(self.suite) or any(st != "passed" for st in self.statuses)
+
+    def result(self, res, infra_error: str = "") -> RewardResult:
+        """The program's RewardResult; ``infra_error`` (the run ended before the program was judged, and
+        not by its doing) makes it an infrastructure failure instead of a reward."""
         total, passed = len(self.suite), self.statuses.count("passed")
         reasons = list(self.reasons)
-        if len(self.statuses) < total and not reasons:
+        if infra_error:
+            reasons = [infra_error]
+        elif not self.judged:
             reasons.append(f"sandbox run ended ({res.status}) after {len(self.statuses)} of {total} tests")
         return RewardResult(
-            reward=float(passed == total and total > 0),
+            reward=0.0 if infra_error else float(passed == total and total > 0),
             passed=passed,
             total=total,
             reasons=reasons,
             extra={"statuses": self.statuses, "sandbox_status": res.status, "wall_s": res.wall_s,
                    "stderr": res.stderr[-2000:]},
+            infra_error=infra_error,
         )
+
+
+class _Launch:
+    """The result lines of one sandbox launch of the harness (code_harness.py), one _Verdicts per
+    program, and who is to blame when the launch ends before every program is judged.
+
+    A program's own failure (wrong answer, exception, timeout, memory, output flood, killing the harness)
+    is its reward. An infrastructure failure is not: the launcher's setup failed, the harness never said
+    it started, it reported its own failure, it sent a malformed line, or it exited cleanly without
+    judging every program. In group mode the first unjudged program is the one that was running when the
+    launch ended (its failure); the programs after it never ran, so theirs is an infrastructure failure.
+    """
+
+    def __init__(self, verdicts: list[_Verdicts], group: bool):
+        self.verdicts, self.group = verdicts, group
+        self.started = False
+        self.current = 0
+        self.harness_error = ""
+
+    def on_line(self, line: bytes) -> bool:
+        """Route one result line; False stops the run."""
+        rec = _parse(line)
+        if not self.started:
+            self.started = rec == {"ready": True}
+            if not self.started:
+                self.harness_error = f"the test harness sent {line[:200]!r} instead of its start line"
+            return self.started
+        if "infra" in rec:  # the harness exits right after: let it print its traceback
+            self.harness_error = str(rec["infra"])
+            return True
+        if not self.group:
+            return self.verdicts[0].add(rec)
+        j = rec.pop("c", None)
+        if not isinstance(j, int) or not self.current <= j < len(self.verdicts):
+            self.harness_error = f"the test harness sent a malformed group line {line[:200]!r}"
+            return False
+        self.current = j
+        self.verdicts[j].add(rec)
+        return True
+
+    def _infra_cause(self, res) -> str:
+        """Why the launch failed as infrastructure ("" when an unjudged program ended it)."""
+        if res.isolated and res.returncode == SETUP_FAILED and res.stderr.startswith("vt-sandbox-launcher:"):
+            return f"sandbox setup failed: {res.stderr.splitlines()[0]}"
+        if self.harness_error:
+            return self.harness_error
+        if not self.started:
+            return (f"the test harness did not start (sandbox status {res.status}, exit code {res.returncode}): "
+                    f"{res.stderr.strip()[-500:] or 'no stderr'}")
+        if res.status == "ok":
+            return "the test harness exited without reporting every test"
+        return ""
+
+    def results(self, res) -> list[RewardResult]:
+        cause, blamed, out = self._infra_cause(res), False, []
+        for v in self.verdicts:
+            infra = ""
+            if "protocol" in v.statuses:
+                infra = f"the test harness sent a malformed result line for test {len(v.statuses) - 1}"
+            elif not v.judged:
+                if cause:
+                    infra = cause
+                elif blamed:
+                    infra = f"not run: the sandbox launch ended ({res.status}) while an earlier program of its group ran"
+                blamed = True
+            out.append(v.result(res, infra))
+        return out
 
 
 def _parse(line: bytes) -> dict:
@@ -166,17 +250,17 @@ def _spec(suite: TestSuite, cfg: CodeRewardConfig, **extra: Any) -> bytes:
 
 def run_tests(code: str, suite: TestSuite, cfg: CodeRewardConfig) -> RewardResult:
     """Run ``code`` against every test of ``suite`` in one sandbox run and compare in this process."""
-    verdicts = _Verdicts(suite, cfg)
+    launch = _Launch([_Verdicts(suite, cfg)], group=False)
     time_limit = min(cfg.total_time_s, len(suite) * (cfg.per_test_time_s + 0.5) + _STARTUP_S)
     res = run_python(
         _HARNESS,
         time_limit_s=time_limit,
         memory_mb=cfg.memory_mb,
         files={"solution.py": code.encode(), "tests.json": _spec(suite, cfg)},
-        on_result_line=lambda line: verdicts.add(_parse(line)),
+        on_result_line=launch.on_line,
         limits=Limits(max_processes=32),
     )
-    return verdicts.result(res)
+    return launch.results(res)[0]
 
 
 def run_tests_group(codes: list[str], suite: TestSuite, cfg: CodeRewardConfig) -> list[RewardResult]:
@@ -185,18 +269,7 @@ def run_tests_group(codes: list[str], suite: TestSuite, cfg: CodeRewardConfig) -
     compare each program's results here. Results equal those of one ``run_tests`` per program (with
     stop_on_first_failure, lines after a program's first failure are ignored); only the start-up cost is
     shared. The time limit is the sum of the per-program limits."""
-    verdicts = [_Verdicts(suite, cfg) for _ in codes]
-    current = [0]
-
-    def on_line(line: bytes) -> bool:
-        rec = _parse(line)
-        j = rec.pop("c", None)
-        if not isinstance(j, int) or not current[0] <= j < len(codes):
-            return False  # protocol violation: the programs not yet judged get the run-ended reason
-        current[0] = j
-        verdicts[j].add(rec)
-        return True
-
+    launch = _Launch([_Verdicts(suite, cfg) for _ in codes], group=True)
     per_program = min(cfg.total_time_s, len(suite) * (cfg.per_test_time_s + 0.5))
     files = {f"solution_{j}.py": code.encode() for j, code in enumerate(codes)}
     files["tests.json"] = _spec(suite, cfg, candidates=len(codes))
@@ -205,10 +278,10 @@ def run_tests_group(codes: list[str], suite: TestSuite, cfg: CodeRewardConfig) -
         time_limit_s=len(codes) * per_program + _STARTUP_S,
         memory_mb=cfg.memory_mb,
         files=files,
-        on_result_line=on_line,
+        on_result_line=launch.on_line,
         limits=Limits(max_processes=32),
     )
-    return [v.result(res) for v in verdicts]
+    return launch.results(res)
 
 
 def _settings(tests: Any, fn_name: str | None, config: CodeRewardConfig | None,
@@ -234,8 +307,9 @@ def _known(completion: str, suite: TestSuite, cfg: CodeRewardConfig) -> tuple[st
 
 
 def _record(code: str, result: RewardResult, suite: TestSuite, cfg: CodeRewardConfig) -> RewardResult:
+    """Note the program on its result and cache it (never an infrastructure failure: the next try may work)."""
     result.extra.update(code=code, cached=False)
-    if cfg.cache_size > 0:
+    if cfg.cache_size > 0 and not result.is_infra:
         CACHE.put(_cache_key(code, suite, cfg), result, cfg.cache_size)
     return result
 

@@ -17,6 +17,8 @@ Verification and timeouts
     caller. Workers run under an address-space limit (``memory_mb``) and exit when their parent closes
     their stdin. ``VT_REWARDS_INLINE=1`` (set by ``RewardScorer(mode="process")`` workers, which enforce a
     hard timeout themselves) or ``timeout_s=None`` runs the check in-process without a timeout.
+    A check that times out is the answer's failure (reward 0); a worker that dies or cannot start is the
+    verifier's: the result then has ``infra_error`` set (an infrastructure failure, not a reward).
 
 Problem fields: ``answer`` (gold: a string such as ``"\\frac{1}{2}"``, a number, or a list of accepted
 answers), optional ``timeout_s`` (default 5.0).
@@ -270,7 +272,7 @@ class MathWorkerPool:
                 if worker is not None:
                     worker.kill()
                 self.restarts += 1
-                return {"correct": False, "reason": f"math verification crashed: {e}", "parsed": ""}
+                return {"correct": False, "reason": f"math verification crashed: {e}", "parsed": "", "infra": True}
             with self._lock:
                 self._idle.append(worker)
             return reply
@@ -326,6 +328,8 @@ def math_reward(completion: str, gold, timeout_s: float | None = DEFAULT_TIMEOUT
     else:
         reply = worker_pool().check(golds, pred_text, timeout_s)
     extra = {"answer": boxed if boxed is not None else pred_text, "parsed": reply["parsed"]}
+    if reply.get("infra"):  # the verifier's worker died: no fact about the answer
+        return RewardResult(0.0, 0, 1, [reply["reason"]], extra, infra_error=reply["reason"])
     if reply["correct"]:
         return RewardResult(1.0, 1, 1, [], extra)
     return RewardResult(0.0, 0, 1, [reply["reason"]], extra)

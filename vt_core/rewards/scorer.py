@@ -7,10 +7,12 @@ The RL loop submits each completion as soon as it finishes and collects rewards 
             scorer.submit(problem, completion, key)
         rewards = scorer.results()                                  # {key: RewardResult}, submission order
 
-Every future resolves to a ``RewardResult``, never to an exception: a verifier that raises gives reward 0
-with ``"<verifier> raised <Error>: <message>"`` in ``reasons`` (and the traceback in
-``extra["traceback"]``); one that runs past ``timeout_s`` gives reward 0 with ``"... timed out after T s"``.
-Neither stops the scorer.
+Every future resolves to a ``RewardResult``, never to an exception. A verifier that raises, returns
+something else than its RewardResult(s), crashes its worker or runs past ``timeout_s`` is an
+infrastructure failure, not a reward: the result has ``infra_error`` set to what happened (``"<verifier>
+raised <Error>: <message>"``, ``"... timed out after T s"``; the traceback in ``extra["traceback"]``) and
+reward 0, which the trainer and the evaluation count as ``infra_error_frac`` and never train on. Neither
+stops the scorer.
 
 Modes
     ``"thread"`` (default): worker threads, for I/O-bound or self-isolating verifiers (the code sandbox, the
@@ -61,8 +63,9 @@ class GroupCall:
 
 
 def run_verifier(fn: Callable, problem: dict, completion) -> RewardResult | list[RewardResult]:
-    """Call ``fn``; an exception (or a non-RewardResult) becomes reward 0 with the reason recorded. A
-    GroupCall returns one RewardResult per completion (the error result for each when the call fails)."""
+    """Call ``fn``; an exception (or a non-RewardResult) becomes an infrastructure failure with the reason
+    recorded. A GroupCall returns one RewardResult per completion (the error result for each when the call
+    fails)."""
     if isinstance(fn, GroupCall):
         try:
             results = fn(problem, completion)
@@ -82,11 +85,12 @@ def run_verifier(fn: Callable, problem: dict, completion) -> RewardResult | list
 
 
 def _error_result(reason: str, tb: str = "") -> RewardResult:
-    return RewardResult(0.0, reasons=[reason], extra={"error": True, "traceback": tb})
+    return RewardResult(0.0, reasons=[reason], extra={"error": True, "traceback": tb}, infra_error=reason)
 
 
 def _timeout_result(fn: Callable, timeout_s: float) -> RewardResult:
-    return RewardResult(0.0, reasons=[f"{_describe(fn)} timed out after {timeout_s:g} s"], extra={"timed_out": True})
+    reason = f"{_describe(fn)} timed out after {timeout_s:g} s"
+    return RewardResult(0.0, reasons=[reason], extra={"timed_out": True}, infra_error=reason)
 
 
 def _child_main(conn) -> None:
@@ -306,7 +310,8 @@ class RewardScorer:
     @staticmethod
     def _result_of(future: cf.Future) -> RewardResult:
         if future.cancelled():
-            return RewardResult(0.0, reasons=["cancelled before scoring"], extra={"cancelled": True})
+            reason = "cancelled before scoring"
+            return RewardResult(0.0, reasons=[reason], extra={"cancelled": True}, infra_error=reason)
         return future.result()
 
     def _start_thread(self, target: Callable) -> None:
