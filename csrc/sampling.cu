@@ -11,12 +11,13 @@
 
 #include "common.h"
 #include "cuda_utils.cuh"
+#include "launch_config.h"
 #include "sampling.h"
 
 namespace vt {
 namespace {
 
-constexpr int kThreads = 1024;
+constexpr int kThreads = kSampleThreads;
 constexpr int kItems = 4;  // consecutive tokens per thread in a CDF tile
 constexpr unsigned long long kNone = ~0ull;
 
@@ -71,7 +72,7 @@ __device__ void clear_histograms(Shared& sh) {
   __syncthreads();
 }
 
-__global__ void __launch_bounds__(kThreads) sample_kernel(
+__global__ void __launch_bounds__(kSampleThreads, kSampleMinBlocksPerSM) sample_kernel(
     const float* __restrict__ logits, std::int64_t vocab, const float* __restrict__ temperature,
     const std::int64_t* __restrict__ top_k, const float* __restrict__ top_p, const float* __restrict__ min_p,
     const std::int64_t* __restrict__ seeds, const std::int64_t* __restrict__ offsets, std::int64_t* __restrict__ tokens,
@@ -284,7 +285,7 @@ void sample_cuda(const float* logits, std::int64_t batch, std::int64_t vocab, co
   cudaStream_t s = prepare_launch(device, stream, what);
   if (batch == 0) return;
   check_arg(batch <= 0x7FFFFFFF, what, "batch must be < 2^31, got " + std::to_string(batch));
-  sample_kernel<<<static_cast<unsigned int>(batch), kThreads, 0, s>>>(
+  sample_kernel<<<static_cast<unsigned int>(batch), kSampleThreads, 0, s>>>(
       logits, vocab, temperature, top_k, top_p, min_p, seeds, offsets, tokens, raw_logprobs, processed_logprobs);
   check_launch(what);
 }
