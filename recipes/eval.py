@@ -8,7 +8,9 @@
 Each entry of --data.sets is a local benchmark file (JSONL / JSON / Parquet in the vt, AIME or LiveCodeBench
 row formats of vt_core.eval) or the name of an embedded task domain (vt_core.tasks: code, math, stem,
 instruct; --data.split picks the split). Prints the resolved config and a table (pass@1 +- stderr and pass@k
-overall and per subdomain) and writes JSON (config, per-set results with per-sample rewards) to --out.
+overall and per subdomain) and writes JSON (config, per-set results with per-sample rewards and
+infra_error_frac) to --out. Every verifier the sets use is self-checked first (vt_core.rewards.selfcheck);
+a set where more than half the samples hit an infrastructure failure stops the evaluation.
 One process (generation is single-device); every option is a field of EvalConfig; --help prints them.
 """
 
@@ -28,6 +30,7 @@ from vt_core.data import load_tokenizer, tiny_model_config_path, tiny_tokenizer_
 from vt_core.eval import chat_prompts, evaluate, format_table, load_benchmark
 from vt_core.generation import Engine, SamplingParams
 from vt_core.rewards import RewardScorer
+from vt_core.rewards.selfcheck import self_check, verifiers_of
 
 
 @dataclass
@@ -128,11 +131,14 @@ def main(argv: list[str] | None = None) -> dict:
     engine = Engine(model, tokenizer, max_tokens_in_cache=s.max_tokens_in_cache)
     params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
     results: dict[str, dict] = {}
+    sets = {entry: load_set(entry, cfg.data) for entry in cfg.data.sets}
+    for entry, (_, problems) in sets.items():
+        if not problems:
+            raise SystemExit(f"error: --data.sets entry {entry!r} holds no problems")
     with RewardScorer(max_workers=cfg.scoring.workers, timeout_s=cfg.scoring.timeout_s) as scorer:
-        for entry in cfg.data.sets:
-            name, problems = load_set(entry, cfg.data)
-            if not problems:
-                raise SystemExit(f"error: --data.sets entry {entry!r} holds no problems")
+        checked = self_check(verifiers_of(p for _, problems in sets.values() for p in problems), scorer)
+        print("verifier self-check passed: " + ", ".join(f"{v} {t * 1000:.0f} ms" for v, t in checked.items()))
+        for name, problems in sets.values():
             if cfg.data.chat:
                 problems = chat_prompts(problems, tokenizer)
             t0 = time.perf_counter()
@@ -140,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
                 res = evaluate(engine, tokenizer, problems, k=s.k, params=params, ks=ks, scorer=scorer, seed=s.seed)
             res["wall_s"] = time.perf_counter() - t0
             results[name] = res
-            print(f"{name}: {len(problems)} problems x {s.k} samples in {res['wall_s']:.1f} s")
+            print(f"{name}: {len(problems)} problems x {s.k} samples in {res['wall_s']:.1f} s, "
+                  f"infra_error_frac {res['infra_error_frac']:.3f}")
     table = format_table(results, ks)
     print(table)
     report = {"config": to_dict(cfg), "results": results, "table": table}

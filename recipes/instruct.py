@@ -22,6 +22,7 @@ from pathlib import Path
 from vt_core.config import parse_cli
 from vt_core.data import load_tokenizer, tiny_tokenizer_path
 from vt_core.eval import chat_prompts
+from vt_core.rewards.selfcheck import self_check, verifiers_of
 from vt_core.tasks import load_tasks
 from vt_core.trainer.common import OptimSection, RunSection
 from vt_core.trainer.distill import write_task_sft_data
@@ -85,6 +86,9 @@ def run_instruct(cfg: InstructConfig) -> dict:
     """SFT then RL; returns {"sft": last SFT metrics, "rl": RL result, "final": the model folder}."""
     root = Path(cfg.run.out_dir)
     sft_path, train_path, heldout_path = prepare_data(cfg, root / "data")
+    # before the SFT stage, not only when the RL stage starts (which checks again)
+    self_check(verifiers_of([*load_problems(train_path, "instruct", "train"),
+                             *load_problems(heldout_path, "instruct", "heldout")]))
     s = cfg.sft
     sft_cfg = SFTConfig(
         model=copy.deepcopy(cfg.model),

@@ -17,9 +17,11 @@ Stages, each starting from the previous stage's model (out_dir/<stage>/ holds it
              selection, SFT of the rl_stem model on the selection.
 7. instruct  SFT on chat instruction data, then instruct RL with the rule validators.
 
-After every stage the held-out eval table (pass@1 +- stderr, pass@k per domain and subdomain) is printed
-and stored. out_dir/pipeline_state.json lists finished stages with their output folder, eval and wall
-time; a rerun skips them and continues (an interrupted stage resumes from its own last checkpoint).
+Before the first stage every verifier the stages and the evaluation use is self-checked
+(vt_core.rewards.selfcheck). After every stage the held-out eval table (pass@1 +- stderr, pass@k per
+domain and subdomain, the fraction of infrastructure failures) is printed and stored.
+out_dir/pipeline_state.json lists finished stages with their output folder, eval and wall time; a rerun
+skips them and continues (an interrupted stage resumes from its own last checkpoint).
 --pipeline.stop_after STAGE stops after a stage. One process (the stages themselves run under torchrun
 alone: see their recipes). Every option is a field of PipelineConfig; --help prints them all.
 """
@@ -42,6 +44,7 @@ from vt_core.config import format_config, parse_cli, save_config
 from vt_core.data import load_tokenizer, tiny_model_config_path, tiny_tokenizer_path
 from vt_core.eval import chat_prompts, evaluate, format_table
 from vt_core.generation import Engine, SamplingParams
+from vt_core.rewards.selfcheck import self_check, verifiers_of
 from vt_core.tasks import load_tasks
 from vt_core.trainer.common import ModelSection, OptimSection, RunSection
 from vt_core.trainer.distill import DistillConfig, run_distill, write_task_sft_data
@@ -50,6 +53,8 @@ from vt_core.trainer.rl import AlgoSection, EvalSection, GenSection, RLConfig, R
 from vt_core.trainer.sft import SFTConfig, SFTData, SFTTrainer, run_sft
 
 STAGES = ("sft1", "sft2", "rl_math", "rl_code", "rl_stem", "distill", "instruct")
+STAGE_DOMAINS = ("math", "code", "stem", "instruct")
+"""Task domains the RL and instruct stages train on (self-checked before the first stage)."""
 
 
 def _recipe(name: str):
@@ -233,7 +238,7 @@ def evaluate_model(cfg: PipelineConfig, path: str | None) -> dict:
             if domain == "instruct":
                 problems = chat_prompts(problems, tokenizer)
             res = evaluate(engine, tokenizer, problems, k=e.samples, params=params, ks=tuple(e.ks), seed=777)
-            results[domain] = {k: v for k, v in res.items() if k not in ("rewards", "ids")}
+            results[domain] = {k: v for k, v in res.items() if k not in ("rewards", "ids", "infra")}
     engine.free_cache()
     return results
 
@@ -263,6 +268,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     out = Path(cfg.pipeline.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline_config.json")
+    # The embedded domains are named after their verifiers; an RL stage with its own data checks those again.
+    domains = sorted({*cfg.eval.domains, *STAGE_DOMAINS})
+    checked = self_check(verifiers_of(load_tasks(d, "heldout")[0] for d in domains))
+    print("[pipeline] verifier self-check passed: " + ", ".join(f"{v} {t * 1000:.0f} ms" for v, t in checked.items()),
+          flush=True)
     state = read_state(cfg)
     if cfg.pipeline.restart_from:
         for s in STAGES[STAGES.index(cfg.pipeline.restart_from):]:

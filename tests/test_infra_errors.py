@@ -113,3 +113,54 @@ def test_math_worker_death_is_infra(monkeypatch):
     monkeypatch.setattr(mv, "_Worker", lambda memory_mb: (_ for _ in ()).throw(mv._WorkerDied("exited (code 1)")))
     r = mv.math_reward("\\boxed{2}", "2")
     assert r.reward == 0.0 and r.infra_error == "math verification crashed: exited (code 1)"
+
+
+# ---- counting and stopping: the RL step and the evaluation ---------------------------------------
+
+def test_check_infra_counts_and_stops_above_half():
+    from vt_core.rewards.infra import InfrastructureFailure, check_infra
+
+    cause = ("sandbox setup failed: vt-sandbox-launcher: unshare: Operation not permitted", "the stderr")
+    assert check_infra([None, cause, None, cause], "RL step 3") == 0.5
+    with pytest.raises(InfrastructureFailure, match=r"RL step 3: 3 of 4 rewards .*unshare: Operation not permitted"
+                                                    r"\nits stderr: the stderr"):
+        check_infra([cause, cause, None, cause], "RL step 3")
+
+
+class _ScriptedEngine:
+    def __init__(self, texts):
+        self.texts = texts
+
+    def generate(self, prompts, params, n=1):
+        from vt_core.generation import Completion
+
+        return [[Completion(token_ids=[1], text=t) for t in row] for row in self.texts]
+
+
+class _Tok:
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [ord(ch) % 50 for ch in text]}
+
+
+def test_evaluate_reports_infra_error_frac_and_stops_above_half():
+    from vt_core.eval import evaluate, format_table
+    from vt_core.rewards.infra import InfrastructureFailure
+
+    def flaky(problem, completion):
+        if completion == "crash":
+            raise OSError(30, "Read-only file system")
+        return RewardResult(float(completion == "right"))
+
+    register_verifier("test-flaky", flaky)
+    try:
+        problems = [{"prompt": "p", "verifier": "test-flaky"}]
+        res = evaluate(_ScriptedEngine([["right", "crash", "wrong", "right"]]), _Tok(), problems, k=4, ks=(1,))
+        assert res["rewards"] == [[1.0, 0.0, 0.0, 1.0]] and res["infra_error_frac"] == 0.25
+        assert res["infra"][0][1][0].endswith("flaky raised OSError: [Errno 30] Read-only file system")
+        assert "25.0%" in format_table({"set": res}, ks=(1,))
+        with pytest.raises(InfrastructureFailure, match="3 of 4 rewards.*Read-only file system"):
+            evaluate(_ScriptedEngine([["crash", "crash", "right", "crash"]]), _Tok(), problems, k=4, ks=(1,))
+    finally:
+        unregister_verifier("test-flaky")

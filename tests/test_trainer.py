@@ -71,7 +71,7 @@ def test_rl_step_raises_logprob_of_rewarded_completions(tmp_path):
         group.append(Completion(token_ids=ids, logprobs=[0.0] * len(ids), processed_logprobs=[0.0] * len(ids),
                                 finish_reason="stop", text=t))
     roll = {"positions": [0], "indices": [0], "outputs": [group], "rewards": [[float(t.endswith("7")) for t in texts]],
-            "gen_s": 0.0, "score_s": 0.0}
+            "infra": [[None] * len(texts)], "gen_s": 0.0, "score_s": 0.0}
 
     def seq_logprob(text):
         p = trainer.prompt_ids(0)
@@ -118,7 +118,8 @@ def test_rl_shared_prompts_train_like_unshared(tmp_path):
             outputs.append([Completion(token_ids=i, logprobs=[-1.0] * len(i), processed_logprobs=[-1.0] * len(i),
                                        finish_reason="stop", text=t) for i, t in zip(ids, group)])
         roll = {"positions": [0, 1], "indices": [0, 1], "outputs": outputs, "gen_s": 0.0, "score_s": 0.0,
-                "rewards": [[float(t.endswith("7")) for t in group] for group in texts]}
+                "rewards": [[float(t.endswith("7")) for t in group] for group in texts],
+                "infra": [[None] * len(group) for group in texts]}
         grads = {}
         step = trainer.optimizer_step
 

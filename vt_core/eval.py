@@ -28,6 +28,7 @@ from pathlib import Path
 
 from vt_core.data import iter_records
 from vt_core.generation import Engine, SamplingParams
+from vt_core.rewards.infra import MAX_INFRA_FRAC, check_infra, infra_record
 from vt_core.rewards.scorer import RewardScorer
 
 
@@ -72,11 +73,15 @@ def summarize(correct: list[list[bool]], subdomains: list[str] | None = None, ks
 
 
 def evaluate(engine: Engine, tokenizer, problems: list[dict], *, k: int = 4, params: SamplingParams | None = None,
-             ks: tuple[int, ...] = (1, 4), scorer: RewardScorer | None = None, seed: int = 1234) -> dict:
+             ks: tuple[int, ...] = (1, 4), scorer: RewardScorer | None = None, seed: int = 1234,
+             max_infra_frac: float | None = MAX_INFRA_FRAC) -> dict:
     """Generate k samples per problem and score them with each problem's verifier.
 
-    Returns summarize(...) plus "rewards" (per problem, per sample). Sampling is seeded per problem
-    (seed + index), so the same model gives the same evaluation.
+    Returns summarize(...) plus "rewards" (per problem, per sample), "infra" (per problem, per sample:
+    None, or (cause, stderr) of an infrastructure failure, which counts as not correct) and
+    "infra_error_frac". More than ``max_infra_frac`` of the samples failing that way raises
+    InfrastructureFailure (None: the caller checks, e.g. after gathering all ranks). Sampling is seeded
+    per problem (seed + index), so the same model gives the same evaluation.
     """
     base = params or SamplingParams(temperature=1.0, max_new_tokens=256)
     plist = [SamplingParams(**{**base.__dict__, "seed": seed + i}) for i in range(len(problems))]
@@ -87,14 +92,20 @@ def evaluate(engine: Engine, tokenizer, problems: list[dict], *, k: int = 4, par
     try:
         futures = [scorer.submit_group(p, [c.text if c.text is not None else tokenizer.decode(c.token_ids) for c in group])
                    for p, group in zip(problems, outputs)]
-        rewards = [[f.result().reward for f in row] for row in futures]
+        results = [[f.result() for f in row] for row in futures]
     finally:
         if own:
             scorer.shutdown()
+    rewards = [[r.reward for r in row] for row in results]
+    infra = [[infra_record(r) for r in row] for row in results]
+    frac = check_infra([f for row in infra for f in row], f"evaluation of {len(problems)} problems",
+                       1.0 if max_infra_frac is None else max_infra_frac)
     correct = [[r > 0.5 for r in row] for row in rewards]
     subs = [str(p.get("subdomain", p.get("domain", "all"))) for p in problems]
     out = summarize(correct, subs, ks)
     out["rewards"] = rewards
+    out["infra"] = infra
+    out["infra_error_frac"] = frac
     out["ids"] = [p.get("id", i) for i, p in enumerate(problems)]
     return out
 
@@ -209,13 +220,16 @@ def chat_prompts(problems: list[dict], tokenizer) -> list[dict]:
 
 
 def format_table(results: dict[str, dict], ks: tuple[int, ...] = (1, 4)) -> str:
-    """A plain-text table: one row per (name, subdomain) with pass@1 +- stderr and pass@k."""
+    """A plain-text table: one row per (name, subdomain) with pass@1 +- stderr, pass@k and, per set, the
+    fraction of samples that hit an infrastructure failure (``infra_error_frac``; counted as not correct)."""
     head = f"{'set':<28}{'problems':>9}{'pass@1':>10}{'+-':>7}" + "".join(f"{'pass@' + str(k):>9}" for k in ks if k > 1)
+    head += f"{'infra':>8}"
     lines = [head, "-" * len(head)]
     for name, res in results.items():
         rows = [(name, res)] + [(f"  {name}/{sub}", r) for sub, r in res.get("by_subdomain", {}).items()]
         for label, r in rows:
             cells = "".join(f"{100 * r[f'pass@{k}']:>8.1f}%" if f"pass@{k}" in r else f"{'-':>9}" for k in ks if k > 1)
+            cells += f"{100 * r['infra_error_frac']:>7.1f}%" if "infra_error_frac" in r else f"{'':>8}"
             lines.append(f"{label:<28}{r['problems']:>9}{100 * r['pass@1']:>9.1f}%{100 * r['pass@1_stderr']:>6.1f}%" + cells)
     return "\n".join(lines)
 

@@ -224,7 +224,7 @@ class RewardScorer:
                 f.set_result(value[k] if isinstance(value, list) else value)
 
         inner.add_done_callback(split)
-        return futures
+        return list(futures)  # a copy: the caller may extend it; split() must see only this group's
 
     def as_completed(self, timeout: float | None = None) -> Iterator[tuple[Hashable, RewardResult]]:
         """Yield (key, result) for the submissions pending now, as they finish; each is yielded once.

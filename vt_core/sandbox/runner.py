@@ -384,7 +384,10 @@ print('PROBE-OK' if ok else 'PROBE-FAILED')
 def probe_launcher(launcher: str) -> str:
     """Run PROBE through ``launcher``; return "" when every isolation property holds, else what failed."""
     limits = Limits(time_limit_s=10.0, memory_mb=256, max_processes=4)
-    res = _execute(launcher, PROBE, b"", limits, {}, [], False, None)
+    try:
+        res = _execute(launcher, PROBE, b"", limits, {}, [], False, None)
+    except OSError as err:  # e.g. the cached binary lost its exec bit or sits on a noexec mount
+        return f"cannot execute the launcher: {err}"
     if res.status == "ok" and res.stdout.strip() == "PROBE-OK":
         return ""
     return f"status={res.status} rc={res.returncode} stdout={res.stdout[-500:]!r} stderr={res.stderr[-2000:]!r}"

@@ -10,6 +10,9 @@ every process sees the same numbers; groups whose rewards are all equal are drop
 when ``algo.drop_zero_variance``. The loss uses the sampler's logprobs as ``rollout_logprobs`` (for the
 metric, or for truncated importance sampling when configured) and the ratio exp(logp - logp.detach())
 on-policy; with ``algo.updates_per_batch > 1`` old logprobs are recomputed once and reused.
+Before anything runs, every verifier the problems use is self-checked (vt_core.rewards.selfcheck); rewards
+that are infrastructure failures are counted per step (``infra_error_frac``), never trained on, and stop
+the run when they are more than half of a step or of a held-out evaluation (vt_core.rewards.infra).
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from vt_core.eval import encode_prompt, evaluate, summarize
 from vt_core.generation import SamplingParams, derive_seed
 from vt_core.generation.exact import pad_for_invariance, per_document_attention
 from vt_core.kernels import RLLossConfig, group_advantages, linear_logprobs, linear_rl_loss
+from vt_core.rewards.infra import check_infra, infra_record
 from vt_core.rewards.scorer import RewardScorer
+from vt_core.rewards.selfcheck import self_check, verifiers_of
 from vt_core.rewards.shaping import apply_overlong_penalty, long2short
 from vt_core.trainer.common import ModelSection, OptimSection, RunSection, TrainerCore
 
@@ -148,6 +153,9 @@ class RLTrainer(TrainerCore):
         self.state.setdefault("epoch", 0)
         self.state.setdefault("index", 0)
         self.scorer = RewardScorer(max_workers=cfg.gen.reward_workers)
+        checked = self_check(verifiers_of(self.problems + self.heldout), self.scorer)
+        self.rt.print("verifier self-check passed (known-right 1, known-wrong 0): "
+                      + (", ".join(f"{v} {s * 1000:.0f} ms" for v, s in checked.items()) or "no built-in verifier"))
         self.ref_model = None
         if cfg.loss.beta > 0:
             ref = vt_model.load(cfg.model.path, device=self.rt.device) if cfg.model.path else \
@@ -207,19 +215,27 @@ class RLTrainer(TrainerCore):
             outs = engine.generate([self.prompt_ids(i) for _, i in mine], [self.sampling_params(s) for s in seeds],
                                    n=n, on_finish=score_when_done)
         gen_s = time.perf_counter() - t0
-        rewards = [[futures[p, j].result().reward for j in range(n)] for p in range(len(mine))]
+        results = [[futures[p, j].result() for j in range(n)] for p in range(len(mine))]
         return {"positions": [pos for pos, _ in mine], "indices": [i for _, i in mine], "outputs": outs,
-                "rewards": rewards, "gen_s": gen_s, "score_s": time.perf_counter() - t0 - gen_s}
+                "rewards": [[r.reward for r in row] for row in results],
+                "infra": [[infra_record(r) for r in row] for row in results],
+                "gen_s": gen_s, "score_s": time.perf_counter() - t0 - gen_s}
 
     # -- training -------------------------------------------------------------------------------
     def shaped_advantages(self, roll: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Global (all processes) shaping and advantages; returns this process's advantages, keep mask, stats."""
+        """Global (all processes) shaping and advantages; returns this process's advantages, keep mask, stats.
+
+        Infrastructure failures (rewards that are not facts about their completion) are counted as
+        ``infra_error_frac``; a group holding one is not trained on, and a step where more than half the
+        samples hit one raises InfrastructureFailure on every process (the same gathered numbers)."""
         rt, a, n = self.rt, self.cfg.algo, self.cfg.data.group_size
-        local = {pos: (r, [len(c.token_ids) for c in g], [c.finish_reason for c in g])
-                 for pos, r, g in zip(roll["positions"], roll["rewards"], roll["outputs"])}
+        local = {pos: (r, [len(c.token_ids) for c in g], [c.finish_reason for c in g], f)
+                 for pos, r, g, f in zip(roll["positions"], roll["rewards"], roll["outputs"], roll["infra"])}
         for part in rt.gather_objects(local):
             local.update(part)
         order = sorted(local)
+        failures = [f for pos in order for f in local[pos][3]]
+        infra_frac = check_infra(failures, f"RL step {self.step}")
         rewards = torch.tensor([r for pos in order for r in local[pos][0]], dtype=torch.float32)
         lengths = torch.tensor([x for pos in order for x in local[pos][1]], dtype=torch.float32)
         raw = rewards.clone()
@@ -230,8 +246,11 @@ class RLTrainer(TrainerCore):
         adv, _, zero_var = group_advantages(rewards, group_size=n, estimator=a.estimator, mgpo_lambda=a.mgpo_lambda,
                                             return_zero_variance=True)
         keep = ~zero_var if a.drop_zero_variance else torch.ones_like(zero_var)
+        infra_group = torch.tensor([f is not None for f in failures]).view(-1, n).any(dim=1)
+        keep &= ~infra_group.repeat_interleave(n)
         truncated = sum(fr == "length" for pos in order for fr in local[pos][2])
         stats = {"reward": float(rewards.mean()), "pass_rate": float((raw > 0.5).float().mean()),
+                 "infra_error_frac": infra_frac,
                  "zero_variance_frac": float(zero_var.float().view(-1, n)[:, 0].mean()),
                  "truncation_ratio": truncated / len(raw), "response_len": float(lengths.mean())}
         rows = {pos: k for k, pos in enumerate(order)}
@@ -324,23 +343,25 @@ class RLTrainer(TrainerCore):
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate_heldout(self, label: str) -> dict:
-        """pass@1 (mean over samples), its standard error and pass@k on the held-out problems (all ranks
-        evaluate a share; rank 0 prints)."""
+        """pass@1 (mean over samples), its standard error, pass@k and infra_error_frac on the held-out
+        problems (all ranks evaluate a share; rank 0 prints); raises InfrastructureFailure on every rank when
+        more than half the samples hit an infrastructure failure."""
         rt, e = self.rt, self.cfg.eval
         mine = [(i, p) for i, p in enumerate(self.heldout) if i % rt.world_size == rt.rank]
         params = self.sampling_params(0, temperature=e.temperature)
         with self.generation_phase(self.cfg.gen.kv_cache_tokens) as engine:
             res = evaluate(engine, self.tokenizer, [p for _, p in mine], k=e.samples, params=params,
-                           ks=(1, e.samples), scorer=self.scorer, seed=10_000 + rt.rank)
-        rows = {i: [r > 0.5 for r in row] for (i, _), row in zip(mine, res["rewards"])}
+                           ks=(1, e.samples), scorer=self.scorer, seed=10_000 + rt.rank, max_infra_frac=None)
+        rows = {i: ([r > 0.5 for r in row], f) for (i, _), row, f in zip(mine, res["rewards"], res["infra"])}
         for part in rt.gather_objects(rows):
             rows.update(part)
-        correct = [rows[i] for i in sorted(rows)]
-        summary = summarize(correct, ks=(1, e.samples))
+        infra_frac = check_infra([f for i in sorted(rows) for f in rows[i][1]], f"held-out evaluation {label}")
+        correct = [rows[i][0] for i in sorted(rows)]
+        summary = {**summarize(correct, ks=(1, e.samples)), "infra_error_frac": infra_frac}
         k = e.samples
         rt.print(f"held-out pass@1 {label}: {100 * summary['pass@1']:.1f}% "
                  f"(stderr {100 * summary['pass@1_stderr']:.1f}, pass@{k} {100 * summary[f'pass@{k}']:.1f}%, "
-                 f"{summary['problems']} problems x {k} samples)")
+                 f"{summary['problems']} problems x {k} samples, infra_error_frac {summary['infra_error_frac']:.3f})")
         return summary
 
     def fit(self) -> dict:
