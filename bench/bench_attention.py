@@ -18,6 +18,14 @@ plus paged decode attention (64 sequences x 4096 cached tokens, page 16) against
 GB/s of K/V read and as a fraction of the GPU's HBM bandwidth. Setup work (BlockMask, dense mask,
 cu_seqlens) is done once outside the timed region; SDPA's GQA expansion of K/V is inside its time.
 Results are flat: ``<contender>.forward`` / ``.backward`` / ``.fwd_bwd`` and ``decode.<contender>``.
+``backward`` is one backward pass through a fresh forward graph per call (the forward is untimed setup;
+no ``retain_graph``, which a compiled FlexAttention with donated buffers refuses).
+
+GPU shape (``--device cuda``, what gpu_check.sh runs): the CUDA shape above, T=32768 bf16 and decode
+64 x 4096; 3 contenders x 3 parts, each ``do_bench`` at 25/100 ms warm-up/repeat budgets, plus
+FlexAttention's compilation (forward and backward, about 10-20 s): about 30-40 s on an H200 (the
+2026-12-04 run reached FlexAttention's backward in 21 s). Each contender is printed and the partial
+JSON rewritten as soon as it is measured (harness.Record). ``--quick`` on CUDA: T=4096, decode 8 x 1024.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from harness import bench_argparser, measure, write_record
+from harness import Record, bench_argparser, measure
 from vt_core.kernels import packed_attention, packed_attention_reference, paged_decode_attention
 from vt_core.kernels.attention import paged_decode_attention_reference
 
@@ -121,18 +129,22 @@ def contenders(q, k, v, cu, lens, device):
     return runs
 
 
-def bench_packed(args, lens, heads, kv_heads, d, dtype, warmup, repeats):
+def bench_packed(args, results, lens, heads, kv_heads, d, dtype, warmup, repeats):
+    """Adds ``<contender>.forward`` / ``.fwd_bwd`` / ``.backward`` to ``results`` (a harness Record: each
+    contender is printed and the partial JSON written as soon as it is measured). Returns the FLOPs."""
     device = args.device
     q, k, v, cu = make_inputs(lens, heads, kv_heads, d, dtype, device)
     ref = packed_attention_reference(q.double(), k.double(), v.double(), cu)
     flops = causal_flops(lens, heads, d)
+    results.shapes["causal_fwd_flops"] = flops
     do = torch.randn_like(q)
-    results: dict[str, dict] = {}
+    qg, kg, vg = (x.detach().clone().requires_grad_() for x in (q, k, v))
     for name, fn in contenders(q, k, v, cu, lens, device).items():
-        qg, kg, vg = (x.detach().clone().requires_grad_() for x in (q, k, v))
+        results.running(name)
         with torch.no_grad():
             out = fn(q, k, v)
         err = (out.double() - ref).abs().max().item()
+        del out
 
         def fwd():
             with torch.no_grad():
@@ -141,27 +153,32 @@ def bench_packed(args, lens, heads, kv_heads, d, dtype, warmup, repeats):
         def fwd_bwd():
             return torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), do)
 
-        res = {"forward": measure(fwd, device=device, warmup=warmup, repeats=repeats)}
+        parts = {"forward": lambda: measure(fwd, device=device, warmup=warmup, repeats=repeats)}
         if q.is_cuda or not name.startswith("flex"):  # FlexAttention has no backward on CPU
-            fwd_bwd()
-            res["fwd_bwd"] = measure(fwd_bwd, device=device, warmup=warmup, repeats=repeats)
-            o = fn(qg, kg, vg)
-            res["backward"] = measure(lambda: torch.autograd.grad(o, (qg, kg, vg), do, retain_graph=True),
-                                      device=device, warmup=warmup, repeats=repeats)
-        for part, figures in res.items():
+            parts["fwd_bwd"] = lambda: measure(fwd_bwd, device=device, warmup=warmup, repeats=repeats)
+            # backward alone: a fresh forward graph per call (untimed setup), then one backward through it,
+            # without retain_graph (a compiled function with donated buffers cannot be replayed backward)
+            parts["backward"] = lambda: measure(lambda o: torch.autograd.grad(o, (qg, kg, vg), do), device=device,
+                                                warmup=warmup, repeats=repeats, setup=lambda: fn(qg, kg, vg))
+        for part, run in parts.items():
+            try:
+                figures = run()
+            except Exception as exc:  # recorded, and the other contenders still run
+                results[f"{name}.{part}"] = {"error": repr(exc)[:500], "max_abs_err": err}
+                if q.is_cuda:
+                    torch.cuda.empty_cache()
+                continue
             figures["tflops"] = {"forward": 1.0, "backward": 2.5, "fwd_bwd": 3.5}[part] * flops / (
                 figures["median_ms"] * 1e-3) / 1e12
-        for part, figures in res.items():
             results[f"{name}.{part}"] = {**figures, "max_abs_err": err}
-        print(f"{name:20s} err {err:.2e}  " + "  ".join(f"{p} {f['median_ms']:.2f} ms" for p, f in res.items()))
     if dtype != torch.float32:
         # torch's own error in this dtype, the yardstick for the others' max_abs_err
         results["torch_own_dtype_err"] = {
             "max_abs_err": (packed_attention_reference(q, k, v, cu).double() - ref).abs().max().item()}
-    return results, flops
+    return flops
 
 
-def bench_decode(args, batch, context, page, heads, kv_heads, d, dtype, warmup, repeats):
+def bench_decode(args, results, batch, context, page, heads, kv_heads, d, dtype, warmup, repeats):
     device = args.device
     gen = torch.Generator().manual_seed(1)
     blocks_per_seq = context // page
@@ -173,11 +190,11 @@ def bench_decode(args, batch, context, page, heads, kv_heads, d, dtype, warmup, 
     ctx = torch.full((batch,), context, dtype=torch.int32, device=device)
     ref = paged_decode_attention_reference(q.float(), k_cache.float(), v_cache.float(), block_table, ctx)
     kv_bytes = 2 * batch * context * kv_heads * d * k_cache.element_size()
-    results = {}
     runs = {"vt_paged_decode": lambda: paged_decode_attention(q, k_cache, v_cache, block_table, ctx)}
     if device == "cuda":
         runs["torch_gather_reference"] = lambda: paged_decode_attention_reference(q, k_cache, v_cache, block_table, ctx)
     for name, fn in runs.items():
+        results.running(f"decode.{name}")
         err = (fn().float() - ref).abs().max().item()
         res = measure(fn, device=device, warmup=warmup, repeats=repeats)
         res["max_abs_err"] = err
@@ -187,9 +204,7 @@ def bench_decode(args, batch, context, page, heads, kv_heads, d, dtype, warmup, 
             peak = next((bw for key, bw in HBM_GBPS.items() if key in name_gpu), None)
             res["hbm_peak_gbps"] = peak
             res["hbm_fraction"] = res["kv_gbps"] / peak if peak else None
-        results[name] = res
-        print(f"{name:24s} err {err:.2e}  {res['median_ms']:8.3f} ms  {res['kv_gbps']:8.1f} GB/s")
-    return results
+        results[f"decode.{name}"] = res
 
 
 def main():
@@ -203,9 +218,7 @@ def main():
         lens = [8, 40, 1, 15] if args.quick else [320, 704, 512, 512]
         heads, kv_heads, d, dtype = (2, 2, 16, torch.float32) if args.quick else (8, 8, 64, torch.float32)
         reps = (1, 2) if args.quick else (2, 10)
-        results, flops = bench_packed(args, lens, heads, kv_heads, d, dtype, *reps)
         decode_shape = {"batch": 4 if args.quick else 16, "context": 64 if args.quick else 1024, "page": 16}
-        decode = bench_decode(args, *decode_shape.values(), heads, kv_heads, d, dtype, *reps)
         notes = ("CPU: vt_torch is packed_attention's CPU path (per-document SDPA). FlexAttention compiles on this "
                  "CPU (flex_compiled, first call excluded) and is also run eager (flex_eager, materialises scores). "
                  "FlexAttention has no backward on CPU (NotImplementedError in torch), so it is timed forward only. "
@@ -213,20 +226,23 @@ def main():
     else:
         lens = document_lengths(4096 if args.quick else 32768, 256, 1024 if args.quick else 8192)
         heads, kv_heads, d, dtype = 16, 2, 128, torch.bfloat16
-        results, flops = bench_packed(args, lens, heads, kv_heads, d, dtype, 5, 20)
+        reps = (5, 20)
         decode_shape = {"batch": 8 if args.quick else 64, "context": 1024 if args.quick else 4096, "page": 16}
-        decode = bench_decode(args, *decode_shape.values(), heads, kv_heads, d, dtype, 5, 20)
         notes = ("CUDA bf16: TFLOP/s on block-diagonal causal FLOPs (backward counted as 2.5x forward). "
                  "flash_attn_varlen present only if flash-attn is installed. torch_own_dtype_err is the per-document "
                  "SDPA error in bf16 against fp64, the yardstick for each contender's max_abs_err.")
-    results.update({f"decode.{k}": v for k, v in decode.items()})
+    notes += (" backward = one backward pass through a fresh forward graph per call (the forward untimed, no "
+              "retain_graph; on CUDA timed by events around the backward after an L2 flush).")
     shapes = {"doc_lengths": lens, "T": sum(lens), "heads": heads, "kv_heads": kv_heads, "head_dim": d,
-              "dtype": str(dtype), "causal_fwd_flops": flops, "decode": decode_shape,
-              "softmax_scale": 1 / math.sqrt(d)}
-    notes += (f" Load average (1/5/15 min) before: {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
-              "after: {:.1f}/{:.1f}/{:.1f} on {} logical cores.".format(*os.getloadavg(), os.cpu_count()))
+              "dtype": str(dtype), "decode": decode_shape, "softmax_scale": 1 / math.sqrt(d)}
     baseline = "vt_torch.forward" if args.device == "cpu" else "sdpa_flash_per_doc.fwd_bwd"
-    path = write_record("attention", args, shapes, results, baseline=baseline, notes=notes)
+    results = Record("attention", args, shapes=shapes, baseline=baseline, notes=notes)
+    bench_packed(args, results, lens, heads, kv_heads, d, dtype, *reps)
+    bench_decode(args, results, *decode_shape.values(), heads, kv_heads, d, dtype, *reps)
+    after = os.getloadavg()
+    results.notes += (f" Load average (1/5/15 min) before: {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
+                      f"after: {after[0]:.1f}/{after[1]:.1f}/{after[2]:.1f} on {os.cpu_count()} logical cores.")
+    path = results.finish()
     print(f"wrote {path}")
 
 
