@@ -16,13 +16,28 @@ Contenders, ``rl`` (GRPO: PPO clip 0.2/0.2, on-policy ratio, no KL, token-mean o
 - ``naive``: full logits [T, V] in fp32 -> log_softmax -> gather -> the same loss (``rl_loss_from_logprobs``).
 - ``liger_grpo`` / ``liger_grpo_compiled``: liger-kernel's ``LigerFusedLinearGRPOLoss`` (compiled=False /
   True; loss_type "bnpo" = token mean over the batch's completion tokens), on the [B, L, D] view of hidden.
-- GPU only: ``vt_torch_compiled`` (torch.compile of vt's chunked torch reference), ``liger_triton_grpo``
-  (bf16 logits [B, L, V] from one matmul, then liger's Triton ``triton_grpo_loss``; it scores L-1 tokens
-  per sequence), ``gemm`` (bare LM-head matmul forward + backward with a random upstream gradient).
+- GPU only: ``naive_compiled`` (``naive`` with its logits -> log-probs / entropy part through
+  ``torch.compile(dynamic=True)``: one compilation serves every T; the loss on the [T] log-probs stays eager,
+  its argument checks read tensors), ``liger_triton_grpo`` (bf16 logits [B, L, V] from one matmul, then
+  liger's Triton ``triton_grpo_loss``; it scores L-1 tokens per sequence), ``gemm`` (bare LM-head matmul
+  forward + backward with a random upstream gradient).
 
 Contenders, ``ce`` (mean next-token cross-entropy over completion tokens, ignore_index -100):
 ``vt`` (``linear_cross_entropy``), ``naive`` (fp32 logits + F.cross_entropy), GPU only: ``liger_flce``
-(``LigerFusedLinearCrossEntropyLoss``; Triton-only, so it cannot run on CPU) and ``vt_torch_compiled``.
+(``LigerFusedLinearCrossEntropyLoss``; Triton-only, so it cannot run on CPU) and ``naive_compiled``
+(the whole naive CE through ``torch.compile(dynamic=True)``).
+(The first GPU run also had ``vt_torch_compiled``, torch.compile of vt's chunked torch reference: dynamo
+unrolls its Python loop over 128-token chunks inside an autograd.Function, and the compilation did not end
+within the step's 80 s. It measured nothing worth the time and is gone.)
+
+GPU shape (``--device cuda``, what gpu_check.sh runs): D=2048 (Qwen2.5-3B's hidden size), V=151936, bf16,
+T = 8192 (the main job's micro-batch, ``algo.micro_tokens``) and 32768, sequences of 1024 tokens with
+64-token prompts. Per T: rl with 7 contenders and ce with 4, each ``do_bench`` (about 8 calls of at most
+~0.5 s at T=32768), plus three compilations (liger's compiled GRPO chunk, naive_compiled for rl and ce,
+each once for both T thanks to dynamic shapes; ~15-25 s each). About 80-110 s on an H200 (cap 130 s). Each contender
+is printed and the partial JSON rewritten as soon as it is measured (harness.Record); on the GPU a
+contender is skipped (and recorded as skipped) when less time is left of gpu_check's step
+(``VT_BENCH_DEADLINE``) than it may need, so the bench ends inside its cap with what it measured.
 
 On CPU the contenders of one (T, op) group are timed together, round-robin (``measure_many``): round r
 calls each contender once, back to back, so load from other work on the machine hits them alike; for vt
@@ -47,9 +62,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness import bench_argparser, measure, measure_many, write_record
+from harness import Record, bench_argparser, measure, measure_many, seconds_left
 from vt_core.kernels import RLLossConfig, linear_cross_entropy, linear_rl_loss, rl_loss_from_logprobs
-from vt_core.kernels.linear_logprobs import linear_token_stats
 
 SHAPES = {
     "cpu": dict(D=1024, V=151936, tokens=(1024, 4096), dtype=torch.float32, seq_len=256, prompt_len=32),
@@ -94,21 +108,31 @@ class Inputs:
         return run
 
 
-def naive_rl(x: Inputs, cfg: RLLossConfig):
-    logits = (x.hidden @ x.weight.t()).float()
+def logprobs_entropy(hidden, weight, targets):
+    """Full fp32 logits [T, V] -> target log-probs (differentiable) and entropy (no grad)."""
+    logits = (hidden @ weight.t()).float()
     logp_all = torch.log_softmax(logits, -1)
-    logp = logp_all.gather(1, x.targets[:, None]).squeeze(1)
+    logp = logp_all.gather(1, targets[:, None]).squeeze(1)
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def naive_rl(x: Inputs, cfg: RLLossConfig, logprobs_fn=logprobs_entropy):
+    logp, entropy = logprobs_fn(x.hidden, x.weight, x.targets)
     loss, _ = rl_loss_from_logprobs(logp, entropy, x.advantages, x.loss_mask, x.cu_seqlens, None, None, None, cfg)
     return loss
 
 
-def naive_ce(x: Inputs):
-    return F.cross_entropy((x.hidden @ x.weight.t()).float(), x.ce_targets, ignore_index=-100)
+def ce_from_hidden(hidden, weight, targets):
+    return F.cross_entropy((hidden @ weight.t()).float(), targets, ignore_index=-100)
 
 
-def rl_contenders(x: Inputs, device: str, compiled_ref) -> dict:
+def naive_ce(x: Inputs, ce_fn=ce_from_hidden):
+    return ce_fn(x.hidden, x.weight, x.ce_targets)
+
+
+def rl_contenders(x: Inputs, device: str, compiled: dict) -> dict:
     from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
 
     cfg = RLLossConfig()
@@ -125,7 +149,7 @@ def rl_contenders(x: Inputs, device: str, compiled_ref) -> dict:
     if device == "cuda":
         from liger_kernel.transformers.grpo_loss import triton_grpo_loss
 
-        fns["vt_torch_compiled"] = lambda: compiled_ref(x)
+        fns["naive_compiled"] = lambda: naive_rl(x, cfg, compiled["rl"])
         fns["liger_triton_grpo"] = lambda: triton_grpo_loss(
             (x.hidden.view(x.B, x.L, x.D) @ x.weight.t()), None, None, x.targets.view(x.B, x.L)[:, 1:].contiguous(),
             x.seq_adv, x.mask2d[:, 1:].contiguous(), temperature=1.0, beta=0.0, eps_low=0.2, eps_high=0.2,
@@ -133,7 +157,7 @@ def rl_contenders(x: Inputs, device: str, compiled_ref) -> dict:
     return fns
 
 
-def ce_contenders(x: Inputs, device: str, compiled_ref) -> dict:
+def ce_contenders(x: Inputs, device: str, compiled: dict) -> dict:
     fns = {
         "vt": lambda: linear_cross_entropy(x.hidden, x.weight, x.ce_targets),
         "naive": lambda: naive_ce(x),
@@ -143,19 +167,8 @@ def ce_contenders(x: Inputs, device: str, compiled_ref) -> dict:
 
         flce = LigerFusedLinearCrossEntropyLoss(ignore_index=-100)
         fns["liger_flce"] = lambda: flce(x.weight, x.hidden, x.ce_targets)
-        fns["vt_torch_compiled"] = lambda: compiled_ref(x)
+        fns["naive_compiled"] = lambda: naive_ce(x, compiled["ce"])
     return fns
-
-
-def _vt_torch_rl(x: Inputs):
-    stats = linear_token_stats(x.hidden, x.weight, x.targets, 1.0, entropy=True, backend="torch")
-    loss, _ = rl_loss_from_logprobs(stats.target_logit - stats.lse, stats.entropy, x.advantages, x.loss_mask,
-                                    x.cu_seqlens, None, None, None, RLLossConfig())
-    return loss
-
-
-def _vt_torch_ce(x: Inputs):
-    return linear_cross_entropy(x.hidden, x.weight, x.ce_targets, backend="torch")
 
 
 def _available_mb() -> float:
@@ -204,9 +217,10 @@ def _ratios(group: dict) -> None:
                 fig[f"extra_mem_{tag}"] = fig["extra_mem_mb"] / group[ref]["extra_mem_mb"]
 
 
-def _measure_group_cpu(fns: dict, x: Inputs, args) -> dict:
+def _measure_group_cpu(fns: dict, x: Inputs, args, add) -> dict:
     """All contenders round-robin in one ``measure_many`` call; each call's wall and process CPU time are also
-    kept, so that vt's times can be divided by a reference's times in the same round."""
+    kept, so that vt's times can be divided by a reference's times in the same round. ``add(name, figures)``
+    takes each contender's figures as soon as they exist."""
     calls: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
 
     def timed(name, run):
@@ -216,9 +230,14 @@ def _measure_group_cpu(fns: dict, x: Inputs, args) -> dict:
             calls[name].append((time.perf_counter() - start, time.process_time() - start_cpu))
         return call
 
-    figs = measure_many({name: timed(name, x.step(fn)) for name, fn in fns.items()}, device="cpu",
-                        warmup=args.warmup, repeats=args.repeats)
-    group = {name: _derived(fig, x, name) for name, fig in figs.items()}
+    group = {}
+
+    def on_result(name, fig):
+        group[name] = _derived(fig, x, name)
+        add(name, group[name])
+
+    measure_many({name: timed(name, x.step(fn)) for name, fn in fns.items()}, device="cpu",
+                 warmup=args.warmup, repeats=args.repeats, on_result=on_result)
     rounds = slice(args.warmup, args.warmup + args.repeats)  # after the warm-up calls, before the memory call
     for ref, tag in RATIO_REFS.items():
         if "vt" in calls and ref in calls:
@@ -229,14 +248,30 @@ def _measure_group_cpu(fns: dict, x: Inputs, args) -> dict:
     return group
 
 
-def _measure_group_cuda(fns: dict, x: Inputs, args) -> dict:
+COMPILED = ("liger_grpo_compiled", "naive_compiled")
+
+
+def _measure_group_cuda(fns: dict, x: Inputs, args, add, compiled_seen: set) -> dict:
+    """Each contender in turn (do_bench), handed to ``add`` as soon as it is measured. A contender is skipped
+    when less time is left of the step (``VT_BENCH_DEADLINE``) than it may need: a few seconds per 8192
+    tokens, plus ~35 s for a compiled contender's first call (its compilation)."""
     group = {}
     for name, fn in fns.items():
-        try:
-            group[name] = _derived(measure(x.step(fn), device="cuda"), x, name)
-        except torch.cuda.OutOfMemoryError:
-            group[name] = {"oom": True}
+        need = 4.0 + 3.0 * x.T / 8192 + (35.0 if name in COMPILED and name not in compiled_seen else 0.0)
+        left = seconds_left()
+        if left < need:
+            group[name] = {"skipped": f"{left:.0f} s left of the step, it may need {need:.0f} s"}
+        else:
+            try:
+                group[name] = _derived(measure(x.step(fn), device="cuda"), x, name)
+                compiled_seen.add(name)
+            except torch.cuda.OutOfMemoryError:
+                group[name] = {"oom": True}
+            except Exception as exc:  # recorded; the other contenders still run
+                group[name] = {"error": repr(exc)[:500]}
+        if "median_ms" not in group[name]:
             torch.cuda.empty_cache()
+        add(name, group[name])
     return group
 
 
@@ -252,8 +287,9 @@ def main():
     device = args.device
     tokens = args.tokens or shape["tokens"]
     torch.manual_seed(0)
-    compiled = {"rl": torch.compile(_vt_torch_rl), "ce": torch.compile(_vt_torch_ce)} if device == "cuda" else {}
-    results: dict[str, dict] = {}
+    compiled = ({"rl": torch.compile(logprobs_entropy, dynamic=True), "ce": torch.compile(ce_from_hidden, dynamic=True)}
+                if device == "cuda" else {})
+    compiled_seen: set = set()
     notes: list[str] = []
     record_name = "losses" + ("" if args.tokens is None else "_T" + "_".join(map(str, tokens)))
     record_name += "" if args.contenders is None else "_" + "_".join(args.contenders)
@@ -263,39 +299,40 @@ def main():
         notes.append("CPU timings are noisy when other work shares the cores (see load_average); "
                      "compare cpu_time_median_ms / cpu_time_vs_* and the paired ratios.")
         notes.append("liger_flce (LigerFusedLinearCrossEntropyLoss) is Triton-only and cannot run on CPU.")
-
-    def save(done: bool):
-        """Write the record (also after every (T, op) group, so a run cut short keeps what it measured)."""
-        status = [] if done else ["PARTIAL: written before the run finished."]
-        return write_record(record_name, args, shapes=shapes, results=results, notes=" ".join(notes + status))
+    results = Record(record_name, args, shapes=shapes, notes=" ".join(notes))
 
     for T in tokens:
         x = Inputs(T, shape["D"], shape["V"], shape["seq_len"], shape["prompt_len"], shape["dtype"], device)
         for op in args.ops:
-            fns = (rl_contenders if op == "rl" else ce_contenders)(x, device, compiled.get(op))
+            fns = (rl_contenders if op == "rl" else ce_contenders)(x, device, compiled)
             if device == "cuda" and op == "rl":
                 grad_logits = torch.randn(T, x.V, device=device, dtype=x.hidden.dtype)
                 fns["gemm"] = lambda: (x.hidden @ x.weight.t(), grad_logits)
             fns = {name: fn for name, fn in fns.items()
                    if (not args.contenders or name in args.contenders) and _fits(name, x, device, notes)}
-            group = (_measure_group_cpu(fns, x, args) if device == "cpu" else _measure_group_cuda(fns, x, args))
-            _ratios(group)
-            for name, fig in group.items():
+            results.notes = " ".join(notes)
+            results.running(f"T={T} {op}: {', '.join(fns)}")
+
+            def add(name, fig, op=op, T=T):
                 results[f"{op}/T={T}/{name}"] = fig
-                if "median_ms" in fig:
-                    print(f"T={T} {op:>2} {name:<22} {fig['median_ms']:10.1f} ms  peak {fig['peak_mem_mb']:9.1f} MiB"
-                          f"  extra {fig['extra_mem_mb']:9.1f} MiB", flush=True)
+
+            group = (_measure_group_cpu(fns, x, args, add) if device == "cpu"
+                     else _measure_group_cuda(fns, x, args, add, compiled_seen))
+            _ratios(group)
+            results.write(partial=True)  # with the ratios and paired figures added to the group's entries
             for ref, tag in RATIO_REFS.items():
                 for kind in ("time", "cpu_time"):
                     if ref in group and f"paired_{kind}_{tag}" in group.get("vt", {}):
                         rounds = [round(r, 3) for r in group["vt"][f"paired_{kind}_rounds_{tag}"]]
                         print(f"T={T} {op:>2} vt / {ref} {kind} paired over rounds: median "
                               f"{group['vt'][f'paired_{kind}_{tag}']:.3f}  rounds {rounds}", flush=True)
-            save(done=False)
             if device == "cuda":
-                del fns
+                del fns, group
+                grad_logits = None
                 torch.cuda.empty_cache()
-    path = save(done=True)
+        del x
+    results.notes = " ".join(notes)
+    path = results.finish()
     print(f"wrote {path}")
 
 
