@@ -16,6 +16,13 @@ With right padding and causal attention the real tokens see exactly the same con
 the losses agree (checked, and recorded). tokens/s counts real tokens only. On CPU the contenders' timed
 calls are interleaved (harness.measure_many), so load from other work on the machine hits all alike. The loss is a plain chunked
 cross-entropy (logsumexp per token chunk, each chunk recomputed in backward), the same for everyone.
+
+GPU shape (``--device cuda``, what gpu_check.sh runs): a Qwen2-shaped model with Qwen2.5-0.5B's layer
+(hidden 896, MLP 4864, 14 q / 2 kv heads) but 8 layers and a 32768 vocabulary (~150M parameters), bf16;
+64 documents of 32..2048 tokens (72,610 real tokens; 45% of the padded [64, 2045] batch is padding).
+Three contenders, each ``do_bench`` at 200/2000 ms warm-up/repeat budgets after one checked call: about
+20-30 s on an H200, model set-up included. Each contender is printed and the partial JSON rewritten as
+soon as it is measured (harness.Record).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from harness import bench_argparser, measure_many, write_record
+from harness import Record, bench_argparser, measure_many
 
 # Qwen2-shaped configs (GQA, qkv bias, tied embeddings as in the small Qwen2.5 models).
 CONFIGS = {
@@ -161,21 +168,13 @@ def main() -> None:
         return loss.detach()
 
     steps = {"vt_packed": step_vt_packed, "vt_padded_rows": step_vt_padded_rows, "hf_padded": step_hf_padded}
+    print(f"[model] {params / 1e6:.1f}M parameters, {int(b['lengths'].sum())} real tokens in {num_docs} documents; "
+          "checking the contenders' losses", flush=True)
     losses = {name: float(fn()) for name, fn in steps.items()}
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     spread = max(losses.values()) - min(losses.values())
     if spread > tol * max(1.0, abs(losses["vt_packed"])):
         raise RuntimeError(f"contenders disagree on the loss: {losses}")
-
-    if args.device == "cpu":  # the loss check above was each contender's warm-up call
-        results = measure_many(steps, device="cpu", warmup=0, repeats=2 if args.quick else 3)
-    else:
-        results = measure_many(steps, device="cuda", warmup_ms=200, rep_ms=2000)
-    for name, figures in results.items():
-        figures["tokens_per_s"] = real_tokens / (figures["median_ms"] / 1e3)
-        figures["loss"] = losses[name]
-        print(f"{name:>15}: {figures['median_ms']:9.1f} ms  {figures['tokens_per_s']:10.0f} tok/s  "
-              f"peak {figures['peak_mem_mb']:8.1f} MiB  loss {losses[name]:.6f}")
 
     shapes = {
         "preset": preset,
@@ -194,7 +193,18 @@ def main() -> None:
         "forward + chunked CE on real tokens + backward; tokens_per_s counts real tokens; "
         f"{params / 1e6:.1f}M parameters, {math.ceil(100 * shapes['padding_fraction'])}% of the padded batch is padding"
     )
-    path = write_record("model", args, shapes, results, baseline="hf_padded", notes=notes)
+    results = Record("model", args, shapes=shapes, baseline="hf_padded", notes=notes)
+
+    def add(name, figures):
+        figures["tokens_per_s"] = real_tokens / (figures["median_ms"] / 1e3)
+        figures["loss"] = losses[name]
+        results[name] = figures
+
+    if args.device == "cpu":  # the loss check above was each contender's warm-up call
+        measure_many(steps, device="cpu", warmup=0, repeats=2 if args.quick else 3, on_result=add)
+    else:
+        measure_many(steps, device="cuda", warmup_ms=200, rep_ms=2000, on_result=add)
+    path = results.finish()
     print(f"wrote {path}")
 
 

@@ -19,6 +19,12 @@ the main job, ``linear_rl_loss``, one optimizer step). One untimed step first (a
 Figures per step (median over the timed steps): seconds of generation, of waiting for rewards after
 generation, of training; ``tokens_per_s`` = (prompt + completion tokens of the step) / step seconds, per
 device (one process); ``generated_tokens_per_s`` = completion tokens / generation seconds.
+
+GPU shape (``--device cuda``, what gpu_check.sh runs): Qwen2.5-0.5B-shaped (24 layers, hidden 896, 14 q /
+2 kv heads, vocabulary 151936), bf16 compute with fp32 master weights, 32 prompts x 8 samples x 512 new
+tokens, one warm-up step and 2 timed steps: 39 s on the H200 of 2026-12-04 (steps of 5.75 s). Each step
+is announced, and the record (partial until the last step) is rewritten after every timed step
+(harness.Record).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import time
 from dataclasses import asdict
 
 import torch
-from harness import bench_argparser, write_record
+from harness import Record, bench_argparser
 
 import vt_core.model as vt_model
 from vt_core.data import tiny_model_config_path, tiny_tokenizer_path
@@ -107,30 +113,41 @@ def main() -> None:
             return {"step_s": t2 - t0, "gen_s": roll["gen_s"], "score_s": roll["score_s"], "train_s": t2 - t1,
                     "completion_tokens": completion, "prompt_tokens": prompt}
 
-        step()  # warm-up
-        timed = [step() for _ in range(steps)]
+        shapes = {"model": name, "config": config, "prompts_per_step": prompts, "group_size": args.group,
+                  "new_tokens": new_tokens, "dtype": "bf16 compute, fp32 master" if cuda else "fp32",
+                  "rl_config": asdict(cfg)}
+        results = Record("rl_step", args, shapes=shapes,
+                         notes="random weights: completions run to new_tokens unless EOS is sampled; rewards are 0; "
+                               "tokens/s per device")
+        results.running("warm-up step")
+        warm = step()
+        print(f"{results.prefix} warm-up step {warm['step_s']:.2f} s", flush=True)
+        timed = []
+        for i in range(steps):
+            results.running(f"timed step {i + 1} of {steps}")
+            timed.append(step())
+            results["vt_core_rl_step"] = figures(timed, cuda)
         trainer.scorer.shutdown()
         trainer.close()
 
+    path = results.finish()
+    r = results["vt_core_rl_step"]
+    print(f"{name}: {r['tokens_per_s']:.0f} tokens/s per device, step {r['step_s']:.2f} s = generation "
+          f"{r['gen_s']:.2f} + reward wait {r['score_s']:.2f} + training {r['train_s']:.2f}; wrote {path}")
+
+
+def figures(timed: list[dict], cuda: bool) -> dict:
+    """Medians over the timed steps so far, throughputs and shares."""
     med = {k: statistics.median(t[k] for t in timed) for k in timed[0]}
     tokens = med["completion_tokens"] + med["prompt_tokens"]
-    results = {"vt_core_rl_step": {
+    return {
         **{k: round(v, 4) for k, v in med.items()},
         "tokens_per_s": tokens / med["step_s"],
         "generated_tokens_per_s": med["completion_tokens"] / med["gen_s"],
         "share": {k: round(med[k] / med["step_s"], 3) for k in ("gen_s", "score_s", "train_s")},
         "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-        "steps": timed,
-    }}
-    shapes = {"model": name, "config": config, "prompts_per_step": prompts, "group_size": args.group,
-              "new_tokens": new_tokens, "dtype": "bf16 compute, fp32 master" if cuda else "fp32",
-              "rl_config": asdict(cfg)}
-    path = write_record("rl_step", args, shapes=shapes, results=results,
-                        notes="random weights: completions run to new_tokens unless EOS is sampled; rewards are 0; "
-                              "tokens/s per device")
-    r = results["vt_core_rl_step"]
-    print(f"{name}: {r['tokens_per_s']:.0f} tokens/s per device, step {med['step_s']:.2f} s = generation "
-          f"{med['gen_s']:.2f} + reward wait {med['score_s']:.2f} + training {med['train_s']:.2f}; wrote {path}")
+        "steps": list(timed),
+    }
 
 
 if __name__ == "__main__":
