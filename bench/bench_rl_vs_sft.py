@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -67,8 +68,9 @@ def parse_eval(text: str) -> dict:
 
 def main() -> None:
     parser = bench_argparser("rl_vs_sft")
-    parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "bench_rl_vs_sft",
-                        help="run folder for the three trainings")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="run folder for the three trainings (default runs/bench_rl_vs_sft; --quick: a temporary "
+                             "folder, so smoke runs leave nothing in the tree)")
     parser.add_argument("--reuse-rl", action="store_true",
                         help="take the main job's result from a finished run in WORK/rl (rl.log + metrics) instead of rerunning it")
     args = parser.parse_args()
@@ -79,6 +81,8 @@ def main() -> None:
 
     cfg = rl_code.embedded_default()
     warm = rl_code.ensure_warm_start(cfg)
+    if args.work is None:
+        args.work = Path(tempfile.mkdtemp(prefix="bench_rl_vs_sft_")) if args.quick else REPO_ROOT / "runs" / "bench_rl_vs_sft"
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     quick = ["--run.max_steps", "2", "--eval.problems", "16", "--eval.samples", "2", "--data.prompts_per_step", "4"]
@@ -130,7 +134,9 @@ def main() -> None:
         trainer.close()
         results[name] = {"pass@1": round(100 * summary["pass@1"], 2),
                          "pass@1_stderr": round(100 * summary["pass@1_stderr"], 2),
-                         "train_s": round(sft_log[-1]["time_s"], 1), "steps": sft_log[-1]["step"]}
+                         # a --quick run's wall time can end before the first logged step
+                         "train_s": round(sft_log[-1]["time_s"], 1) if sft_log else 0.0,
+                         "steps": sft_log[-1]["step"] if sft_log else 0}
     best_sft = max((r["pass@1"] for k, r in results.items() if k != "rl"))
     se = math.hypot(results["rl"]["pass@1_stderr"], max(r["pass@1_stderr"] for k, r in results.items() if k != "rl"))
     results["rl"]["lead_over_best_sft_points"] = round(results["rl"]["pass@1"] - best_sft, 2)
