@@ -21,7 +21,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from harness import bench_argparser, measure, write_record
+from harness import Record, bench_argparser, measure, write_record
 
 from vt_core.rewards.code import code_reward
 from vt_core.rewards.code_formats import stdout_matches
@@ -113,25 +113,26 @@ def main() -> None:
         raise SystemExit(f"sandbox isolation unavailable: {iso.reason}")
     repeats, n_trivial, n_ten = (5, 40, 8) if args.quick else (30, 400, 60)
 
-    results = {}
+    results = Record("sandbox", args, shapes={"workers": args.workers, "trivial_runs": n_trivial,
+                                              "ten_test_runs": n_ten, "tests_per_problem": 10},
+                     baseline="plain_subprocess", notes=f"isolation: {iso.describe()}.")
     for name, trivial, ten in (("plain_subprocess", plain_trivial, plain_ten_tests),
                                ("sandbox", sandbox_trivial, sandbox_ten_tests)):
+        results.running(name)
         figures = measure(trivial, device="cpu", warmup=3, repeats=repeats)
         ten_latency = measure(ten, device="cpu", warmup=1, repeats=max(3, repeats // 5))
         figures["ten_test_median_ms"] = ten_latency["median_ms"]
         figures["trivial_exec_per_s"] = throughput(trivial, n_trivial, args.workers)
         figures["ten_test_problems_per_s"] = throughput(ten, n_ten, args.workers)
-        results[name] = figures
-        print(name, {k: round(v, 2) for k, v in figures.items() if isinstance(v, float)}, flush=True)
+        results[name] = figures  # printed, and the partial record written
     results["sandbox"]["paired_overhead_ratio"] = paired_overhead(plain_trivial, sandbox_trivial, repeats * 2)
     overhead = results["sandbox"]["paired_overhead_ratio"]
     notes = (f"isolation: {iso.describe()}. Overhead (median of paired sandbox / plain latencies, trivial "
              f"program): {overhead:.2f}x; "
              f"sandbox trivial executions/s with {args.workers} workers: "
              f"{results['sandbox']['trivial_exec_per_s']:.1f}. Load average at the end: {os.getloadavg()}.")
-    path = write_record("sandbox", args, shapes={"workers": args.workers, "trivial_runs": n_trivial,
-                                                 "ten_test_runs": n_ten, "tests_per_problem": 10},
-                        results=results, baseline="plain_subprocess", notes=notes)
+    results.notes = notes
+    path = results.finish()
     print(notes, "\nwrote", path)
     if args.soak:
         figures = soak(args.soak, args.workers)
