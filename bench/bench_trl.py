@@ -71,7 +71,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from harness import bench_argparser, measure_many, write_record  # noqa: E402
+from harness import Record, bench_argparser, measure_many  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from vt_core import model as vt_model  # noqa: E402
@@ -409,17 +409,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     calls = 1 + args.steps + 2  # warm-up, timed steps, the harness' profiled step, TRL's in-thread profiled step
     timed_range = slice(1, 1 + args.steps)
-    results: dict[str, dict] = {}
     shapes: dict[str, object] = {"threads": {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],
                                              "torch_main": torch.get_num_threads()},
                                  "steps_timed": args.steps, "warmup_steps": 1, "model": "embedded tiny Qwen2 "
                                  "(vt_core.data.tiny_model_config_path), random init seed 0, fp32",
                                  "trl_attention": "sdpa"}
+    # each contender printed and the partial record written as it is added (harness.Record)
+    results = Record("trl", args, shapes=shapes)
     with tempfile.TemporaryDirectory(prefix="bench_trl_") as tmp:
         work = Path(tmp)
         folder = work / "model"
         make_model(folder)
         if args.skip != "rl":
+            results.running("rl: vt_core and TRL steps, interleaved")
             fns, extra, rl_shapes, cleanup, steppers = rl_contenders(args, folder, work, calls)
             try:
                 timed, threads = timed_steps(fns, steppers, args.steps)
@@ -433,9 +435,11 @@ def main() -> None:
             vt, trl = results["rl_vt_core"], results["rl_trl"]
             for unit in ("steps_per_s", "steps_per_cpu_s"):
                 vt[f"{unit}_vs_trl"] = vt[unit] / trl[unit]
+            results.write(partial=True)  # with the figures added after each contender was recorded
             print(f"RL  steps/s: vt_core {vt['steps_per_s']:.3f}  TRL {trl['steps_per_s']:.3f}  "
                   f"(x{vt['steps_per_s_vs_trl']:.2f}; per CPU second x{vt['steps_per_cpu_s_vs_trl']:.2f})", flush=True)
         if args.skip != "sft":
+            results.running("sft: vt_core and TRL steps, interleaved")
             fns, tokens, sft_shapes, cleanup, steppers = sft_contenders(args, folder, work, calls)
             try:
                 timed, threads = timed_steps(fns, steppers, args.steps)
@@ -449,6 +453,7 @@ def main() -> None:
             for name in steppers:
                 for unit in ("tokens_per_s", "tokens_per_cpu_s"):
                     vt[f"{unit}_vs_{name}"] = vt[unit] / results[f"sft_{name}"][unit]
+            results.write(partial=True)
             print(f"SFT tokens/s: vt_core {vt['tokens_per_s']:.0f}  TRL padding-free "
                   f"{results['sft_trl']['tokens_per_s']:.0f} (x{vt['tokens_per_s_vs_trl']:.2f})  TRL padded "
                   f"{results['sft_trl_padded']['tokens_per_s']:.0f} (x{vt['tokens_per_s_vs_trl_padded']:.2f})",
@@ -465,7 +470,8 @@ def main() -> None:
              "its completions almost never close the code fence, so the verifier mostly answers 'no code block "
              "found' (reward 0, no sandbox run; rl_trl sandbox_runs_median counts the runs per step); vt_core's "
              "zero-variance filtering is off so both train on every sample.")
-    path = write_record("trl", args, shapes=shapes, results=results, baseline=None, notes=notes)
+    results.notes = notes
+    path = results.finish()
     print(f"wrote {path}", flush=True)
 
 
