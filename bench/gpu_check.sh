@@ -41,7 +41,7 @@
 # gpu_check_summary.json, results.tar.gz (results/: the JSON records and gpu_check_logs/); and
 # VT_BENCH_OUT then defaults to a temporary folder instead of bench/results.
 #
-# Environment: VT_BENCH_OUT; PYTHON (default python, else python3); VT_GPU_CHECK_ONLY (a regex: only
+# Environment: VT_BENCH_OUT; PYTHON (default python3, else python); VT_GPU_CHECK_ONLY (a regex: only
 # benches whose name matches, e.g. 'model|attention'); VT_GPU_CHECK_TESTS=0 skips the pytest step;
 # VT_GPU_CHECK_BUDGET_S; VT_GPU_TEST_TIMEOUT_S and VT_BENCH_TIMEOUT_S (override the caps above);
 # VT_WHEEL_DIR (default .whl); VT_CUDA_ARCH (default 90); VT_GPU_CHECK_PACK.
@@ -68,7 +68,8 @@ if [ -n "$PACK" ]; then
   exec > >(tee -a "$PACK/run.log") 2>&1
   TEE_PID=$!
 fi
-if command -v "${PYTHON:-python}" >/dev/null 2>&1; then PYTHON=${PYTHON:-python}; else PYTHON=python3; fi
+# python3 first: the 2026-12-04 GPU machine ran its venv's python3 (a bare "python" may be another interpreter)
+if [ -z "${PYTHON:-}" ]; then if command -v python3 >/dev/null 2>&1; then PYTHON=python3; else PYTHON=python; fi; fi
 if [ -n "${VT_BENCH_OUT:-}" ]; then RES=$VT_BENCH_OUT
 elif [ -n "$PACK" ]; then RES="$WORK/results"
 else RES=bench/results; fi
