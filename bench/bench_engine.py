@@ -102,6 +102,8 @@ def run_engine(model, prompts, new, n, device, cache_tokens, exact=False, compil
         engine.generate(prompts[:2], [SamplingParams(temperature=1.0, max_new_tokens=4, seed=0)] * 2, n=n)
     sync(device)
     warmup = time.perf_counter() - start
+    before = dict(engine.stats)  # the counters add up over runs: report the timed run's own
+    bucketed, captured = engine.bucketed, (engine.bucketed.captured if engine.bucketed is not None else 0)
     sync(device)
     start = time.perf_counter()
     out = engine.generate(prompts, params, n=n)
@@ -110,17 +112,21 @@ def run_engine(model, prompts, new, n, device, cache_tokens, exact=False, compil
     tokens = sum(len(c.token_ids) for group in out for c in group)
     assert tokens == n * sum(new), "the engine generated a different number of tokens than requested"
     res = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-           "decode_steps": engine.stats["decode_steps"], "preemptions": engine.stats["preemptions"],
+           "decode_steps": engine.stats["decode_steps"] - before["decode_steps"],
+           "preemptions": engine.stats["preemptions"] - before["preemptions"],
            "decode_attention": engine.decode_attention, "block_size": engine.block_size}
     if compile_decode:
         res["warmup_seconds_incl_compile"] = warmup
     if device == "cuda":
         res["warmup_seconds"] = warmup  # the first full run: graph captures and kernel compilation included
         res["cuda_graphs"] = engine.cuda_graphs
-        res["graphs_captured"] = engine.bucketed.captured if engine.bucketed is not None else 0
+        res["graphs_captured_in_warmup"] = captured
+        if engine.bucketed is not None:  # 0 when the warm-up captured every bucket the timed run used
+            res["graphs_captured_in_timed_run"] = engine.bucketed.captured - (captured if engine.bucketed is bucketed
+                                                                              else 0)
     if exact:
-        res["rescore_seconds"] = engine.stats["rescore_seconds"]
-        res["rescore_share"] = engine.stats["rescore_seconds"] / seconds
+        res["rescore_seconds"] = engine.stats["rescore_seconds"] - before["rescore_seconds"]
+        res["rescore_share"] = res["rescore_seconds"] / seconds
         res["rescore_max_abs_diff"] = engine.stats["rescore_max_abs_diff"]
     return res
 
