@@ -1,7 +1,7 @@
 """The one benchmark harness every bench/bench_*.py script uses.
 
 Convention: ``python bench/bench_<x>.py [--device cpu|cuda] [--out DIR] [--quick]``; bench/ is then
-``sys.path[0]``, so scripts do ``from harness import bench_argparser, measure, measure_many, write_record``.
+``sys.path[0]``, so scripts do ``from harness import Record, bench_argparser, measure, measure_many``.
 
 A script builds its inputs once, hands every contender the same inputs, times each with
 :func:`measure` and collects the figures in a :class:`Record`, which prints each contender and rewrites
@@ -18,13 +18,19 @@ timeout still reports what it measured; ``finish()`` writes the final record::
 :func:`write_record` writes one record from a finished dict of results (what ``Record`` calls).
 
 ``measure_many({"torch": f, "triton": g}, device=...)`` gives the same dict of results in one call and,
-on CPU, interleaves the contenders' timed calls (fairer on a shared, noisy machine).
+on CPU, interleaves the contenders' timed calls (fairer on a shared, noisy machine); its ``on_result``
+hands each contender to the Record as soon as it is measured.
+
+Time limits: bench/gpu_check.sh gives every step a cap and tells the bench when it ends
+(``$VT_BENCH_DEADLINE``, read by :func:`seconds_left`); at the cap the bench gets SIGTERM, and a Record
+then writes what it has (``"partial": true``, naming the contender that was running).
 
 Timing: on CUDA ``triton.testing.do_bench`` (it warms up, flushes L2 and synchronizes); on CPU repeated
 wall clock with ``time.perf_counter``. ``measure(fn, setup=make)`` times ``fn(make())`` without the
-``make()`` part (e.g. a backward pass on a fresh forward graph per call; CUDA events around ``fn`` only). Peak memory is what ``fn`` allocates beyond what was allocated
-before it: on CUDA from the caching allocator's peak counter, on CPU from the torch profiler's memory
-events (every torch CPU allocation and free, integrated over time).
+``make()`` part (e.g. a backward pass on a fresh forward graph per call; CUDA events around ``fn`` only).
+Peak memory is what ``fn`` allocates beyond what was allocated before it: on CUDA from the caching
+allocator's peak counter, on CPU from the torch profiler's memory events (every torch CPU allocation and
+free, integrated over time).
 """
 
 from __future__ import annotations
