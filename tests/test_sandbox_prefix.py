@@ -6,6 +6,7 @@ scores from its interpreter in a subprocess."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ tests = {"inputs": ["1 2", "3 4"], "outputs": ["3", "7"]}
 programs = ["```python\na, b = map(int, input().split())\nprint(a + b)\n```",
             "```python\na, b = map(int, input().split())\nprint(a - b)\n```",
             "```python\nraise ValueError('boom')\n```",
-            "```python\nimport os\nopen('/tmp/mark', 'w').write('x')\na, b = map(int, input().split())\nprint(a + b)\n```"]
+            "```python\nopen('/tmp/mark', 'w').write('x')\na, b = map(int, input().split())\nprint(a + b)\n```"]
 group = code_reward_group(programs, tests, cache_size=0, per_test_time_s=2.0, total_time_s=10.0)
 single = [code_reward(p, tests, cache_size=0, per_test_time_s=2.0, total_time_s=10.0) for p in programs]
 print(json.dumps({"prefix": sys.prefix,
@@ -96,3 +97,18 @@ def test_venv_behind_a_symlink(tmp_path):
     python = tmp_path / "link" / "venv" / "bin" / "python"
     out = score_from(python, tmp_path)
     check_rewards(out, tmp_path / "link" / "venv")
+
+
+def test_the_old_reset_is_caught_by_the_self_check(tmp_path):
+    """Put back the reset of issue 14 (delete everything in /tmp): from a venv under /tmp the self-check stops
+    naming the harness's failure on the launcher's entries instead of scoring every program 0."""
+    venv = make_venv(tmp_path / "venv")
+    script = ("from vt_core.rewards import code\n"
+              "code._HARNESS = code._HARNESS.replace('    st = os.lstat(path)\\n', '    return True\\n')\n"
+              "from vt_core.rewards.selfcheck import self_check\nself_check(['code'])\n")
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "VerifierSelfCheckFailed: verifier self-check failed for 'code' (group scoring)" in proc.stderr
+    # the first launcher entry it meets: the read-only bind itself, or a root-owned directory leading to it
+    assert re.search(r"test harness failed: (OSError: \[Errno 30\] Read-only file system|"
+                     r"PermissionError: \[Errno 1\] Operation not permitted): '/tmp/", proc.stderr), proc.stderr[-2000:]
