@@ -229,7 +229,8 @@ class _Launch:
                 if cause:
                     infra = cause
                 elif blamed:
-                    infra = f"not run: the sandbox launch ended ({res.status}) while an earlier program of its group ran"
+                    infra = (f"not run: the sandbox launch ended ({res.status}) while an earlier program "
+                             "of its group ran")
                 blamed = True
             out.append(v.result(res, infra))
         return out

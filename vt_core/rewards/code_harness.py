@@ -13,7 +13,8 @@ Group mode (tests.json has "candidates": K, the programs are solution_0.py .. so
 programs (e.g. the n samples of one prompt) run one after another in this one sandbox launch, each on
 every test as above, with lines {"c": j, "i", ...}. All sources are read before any candidate runs, and
 between candidates every other process of the sandbox is killed and the writable tree (/tmp, the only
-writable place) is emptied, so no candidate can see or leave anything for another: the same isolation
+writable place) is emptied of everything the candidates made (the launcher's read-only binds there stay:
+see _made_by_candidates), so no candidate can see or leave anything for another: the same isolation
 as K launches at a fraction of the start-up cost. The parent cannot stop one candidate early (expected
 outputs never enter the sandbox), so a candidate's remaining tests are skipped here after a test that
 errors or times out.
