@@ -240,7 +240,8 @@ def main():
     bench_packed(args, results, lens, heads, kv_heads, d, dtype, *reps)
     bench_decode(args, results, *decode_shape.values(), heads, kv_heads, d, dtype, *reps)
     after = os.getloadavg()
-    results.notes += (f" Load average (1/5/15 min) before: {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
+    results.notes += (" Load average (1/5/15 min) before: "
+                      f"{load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
                       f"after: {after[0]:.1f}/{after[1]:.1f}/{after[2]:.1f} on {os.cpu_count()} logical cores.")
     path = results.finish()
     print(f"wrote {path}")

@@ -258,9 +258,12 @@ def main():
             plan = [(name, cfg, count, (16, 64), (8, 32), 1) for name, cfg, count, _, _, _ in plan]
         dtype = torch.float32
     else:
-        plan = [("serve_64", QWEN_1_5B, 64, (128, 1024), (64, 512), 1), ("rl_32x8", QWEN_1_5B, 32, (64, 256), (64, 512), 8)]
+        # (label, config, requests, prompt lengths, output lengths, samples per request)
+        plan = [("serve_64", QWEN_1_5B, 64, (128, 1024), (64, 512), 1),
+                ("rl_32x8", QWEN_1_5B, 32, (64, 256), (64, 512), 8)]
         if args.quick:
-            plan = [("serve_64", QWEN_1_5B, 16, (16, 64), (16, 64), 1), ("rl_32x8", QWEN_1_5B, 4, (16, 64), (16, 128), 8)]
+            plan = [("serve_64", QWEN_1_5B, 16, (16, 64), (16, 64), 1),
+                    ("rl_32x8", QWEN_1_5B, 4, (16, 64), (16, 128), 8)]
         dtype = torch.bfloat16
     baseline = f"{plan[0][0]}/transformers_generate"
     results = Record("engine", args, shapes=shapes, baseline=baseline, notes=notes)

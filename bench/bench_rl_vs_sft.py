@@ -82,7 +82,8 @@ def main() -> None:
     cfg = rl_code.embedded_default()
     warm = rl_code.ensure_warm_start(cfg)
     if args.work is None:
-        args.work = Path(tempfile.mkdtemp(prefix="bench_rl_vs_sft_")) if args.quick else REPO_ROOT / "runs" / "bench_rl_vs_sft"
+        args.work = (Path(tempfile.mkdtemp(prefix="bench_rl_vs_sft_")) if args.quick
+                     else REPO_ROOT / "runs" / "bench_rl_vs_sft")
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     quick = ["--run.max_steps", "2", "--eval.problems", "16", "--eval.samples", "2", "--data.prompts_per_step", "4"]
