@@ -181,7 +181,7 @@ if [ "$build" = 1 ]; then
   fi
 fi
 if [ "$mode" != dry-run ] && [ -z "$STOP" ]; then
-  "$PYTHON" - <<'EOF' 2>&1 | tail -n 3
+  "$PYTHON" - <<'EOF' 2>&1 | tail -n 4
 import importlib.metadata as md, torch, triton
 have = {}
 for dist in ("transformers", "liger-kernel", "trl", "vt_core"):
@@ -191,6 +191,11 @@ for dist in ("transformers", "liger-kernel", "trl", "vt_core"):
         have[dist] = "missing"
 print("versions: torch", torch.__version__, "triton", triton.__version__, *(f"{k} {v}" for k, v in have.items()),
       "| cuda available:", torch.cuda.is_available())
+try:
+    import liger_kernel
+    print("liger_kernel from", liger_kernel.__path__[0])
+except Exception as exc:  # noqa: BLE001
+    print("liger_kernel:", repr(exc))
 try:
     import vt_core._C as c
     print("vt_core._C built with CUDA:", c.built_with_cuda())
