@@ -132,24 +132,36 @@ def naive_ce(x: Inputs, ce_fn=ce_from_hidden):
     return ce_fn(x.hidden, x.weight, x.ce_targets)
 
 
-def rl_contenders(x: Inputs, device: str, compiled: dict) -> dict:
-    from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+def liger_missing() -> str | None:
+    """Why liger-kernel cannot be imported (its contenders are then left out and the notes say so), or None."""
+    try:
+        import liger_kernel  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install
+        return repr(exc)[:300]
+    return None
 
+
+def rl_contenders(x: Inputs, device: str, compiled: dict, liger: bool = True) -> dict:
+    """name -> loss function of the rl op; ``compiled``: {"rl": torch.compile'd logprobs_entropy} on CUDA."""
     cfg = RLLossConfig()
     fns = {
         "vt": lambda: linear_rl_loss(x.hidden, x.weight, x.targets, x.advantages, x.loss_mask, x.cu_seqlens,
                                      config=cfg)[0],
         "naive": lambda: naive_rl(x, cfg),
     }
-    for name, compiled in (("liger_grpo", False), ("liger_grpo_compiled", True)):
-        liger = LigerFusedLinearGRPOLoss(beta=0.0, compiled=compiled, use_ref_model=False, loss_type="bnpo",
-                                         epsilon_low=0.2, epsilon_high=0.2, temperature=1.0)
-        fns[name] = (lambda liger=liger: liger(x.hidden.view(x.B, x.L, x.D), x.weight,
-                                               x.targets.view(x.B, x.L), x.mask2d, x.seq_adv)[0])
+    if liger:
+        from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+
+        for name, use_compile in (("liger_grpo", False), ("liger_grpo_compiled", True)):
+            loss = LigerFusedLinearGRPOLoss(beta=0.0, compiled=use_compile, use_ref_model=False, loss_type="bnpo",
+                                            epsilon_low=0.2, epsilon_high=0.2, temperature=1.0)
+            fns[name] = (lambda loss=loss: loss(x.hidden.view(x.B, x.L, x.D), x.weight,
+                                                x.targets.view(x.B, x.L), x.mask2d, x.seq_adv)[0])
     if device == "cuda":
+        fns["naive_compiled"] = lambda: naive_rl(x, cfg, compiled["rl"])
+    if device == "cuda" and liger:
         from liger_kernel.transformers.grpo_loss import triton_grpo_loss
 
-        fns["naive_compiled"] = lambda: naive_rl(x, cfg, compiled["rl"])
         fns["liger_triton_grpo"] = lambda: triton_grpo_loss(
             (x.hidden.view(x.B, x.L, x.D) @ x.weight.t()), None, None, x.targets.view(x.B, x.L)[:, 1:].contiguous(),
             x.seq_adv, x.mask2d[:, 1:].contiguous(), temperature=1.0, beta=0.0, eps_low=0.2, eps_high=0.2,
@@ -157,16 +169,18 @@ def rl_contenders(x: Inputs, device: str, compiled: dict) -> dict:
     return fns
 
 
-def ce_contenders(x: Inputs, device: str, compiled: dict) -> dict:
+def ce_contenders(x: Inputs, device: str, compiled: dict, liger: bool = True) -> dict:
+    """name -> loss function of the ce op; ``compiled``: {"ce": torch.compile'd ce_from_hidden} on CUDA."""
     fns = {
         "vt": lambda: linear_cross_entropy(x.hidden, x.weight, x.ce_targets),
         "naive": lambda: naive_ce(x),
     }
-    if device == "cuda":
+    if device == "cuda" and liger:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
         flce = LigerFusedLinearCrossEntropyLoss(ignore_index=-100)
         fns["liger_flce"] = lambda: flce(x.weight, x.hidden, x.ce_targets)
+    if device == "cuda":
         fns["naive_compiled"] = lambda: naive_ce(x, compiled["ce"])
     return fns
 
@@ -299,12 +313,15 @@ def main():
         notes.append("CPU timings are noisy when other work shares the cores (see load_average); "
                      "compare cpu_time_median_ms / cpu_time_vs_* and the paired ratios.")
         notes.append("liger_flce (LigerFusedLinearCrossEntropyLoss) is Triton-only and cannot run on CPU.")
-    results = Record(record_name, args, shapes=shapes, notes=" ".join(notes))
+    missing = liger_missing()
+    if missing:
+        notes.append(f"liger-kernel cannot be imported ({missing}): its contenders are left out.")
+    results = Record(record_name, args, shapes=shapes, notes=" ".join(notes), prefix="[losses]")
 
     for T in tokens:
         x = Inputs(T, shape["D"], shape["V"], shape["seq_len"], shape["prompt_len"], shape["dtype"], device)
         for op in args.ops:
-            fns = (rl_contenders if op == "rl" else ce_contenders)(x, device, compiled)
+            fns = (rl_contenders if op == "rl" else ce_contenders)(x, device, compiled, liger=missing is None)
             if device == "cuda" and op == "rl":
                 grad_logits = torch.randn(T, x.V, device=device, dtype=x.hidden.dtype)
                 fns["gemm"] = lambda: (x.hidden @ x.weight.t(), grad_logits)
