@@ -61,7 +61,7 @@ _INTERPRET_TOKEN_CHUNK = 32
 _INTERPRET_BV = 512
 _CUDA_BT = 4
 _CUDA_BV = 1024
-_NEG_LARGE = -1e30
+_NEG = tl.constexpr(-1.0e30)  # running maxima start here: finite, so a fully masked lane stays NaN-free
 
 
 @triton.jit
@@ -72,7 +72,7 @@ def _stats_fwd_kernel(x, targets, tgt, lse, ent, lsum, T, V, inv_temp,
     o_t = i_t.to(tl.int64) * BT + tl.arange(0, BT)
     m_t = o_t < T
     p_rows = x + o_t[:, None] * V
-    b_m = tl.full([BT, BV], -1e30, tl.float32)
+    b_m = tl.full([BT, BV], _NEG, tl.float32)
     b_s = tl.zeros([BT, BV], tl.float32)
     b_u = tl.zeros([BT, BV], tl.float32)
     b_sum = tl.zeros([BT, BV], tl.float32)
@@ -80,7 +80,7 @@ def _stats_fwd_kernel(x, targets, tgt, lse, ent, lsum, T, V, inv_temp,
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v < V)[None, :]
         b_z = tl.load(p_rows + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32) * inv_temp
-        b_z = tl.where(m_tv, b_z, -1e30)
+        b_z = tl.where(m_tv, b_z, _NEG)
         b_mn = tl.maximum(b_m, b_z)
         b_a = tl.exp(b_m - b_mn)
         b_e = tl.where(m_tv, tl.exp(b_z - b_mn), 0.0)

@@ -29,7 +29,7 @@ from .._dispatch import native, resolve_backend
 AVAILABLE = ("torch", "triton", "cpp")
 
 _LOG2E = 1.4426950408889634
-_NEG = -1.0e30
+_NEG = tl.constexpr(-1.0e30)  # a plain float global is a NameError inside @triton.jit on real Triton
 
 
 @triton.jit

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 _LOG2E = 1.4426950408889634
-_NEG = -1.0e30
+_NEG = tl.constexpr(-1.0e30)  # a plain float global is a NameError inside @triton.jit on real Triton
 
 
 @triton.jit
