@@ -45,6 +45,10 @@ NEG = tl.constexpr(-1.0e30)  # running maxima start here (finite: a fully masked
 _CHUNK_ELEMENTS = 1 << 24
 # Triton backward: bytes of the per-chunk gradient-of-logits buffer G [chunk, V].
 _GRAD_CHUNK_BYTES = 1 << 29
+# CUDA tiles of all three kernels: two fp32 logits tiles stay in registers (tests/kernels/test_aot_compile.py
+# compiles the kernels with them for sm_80 and sm_90). The interpreter wants few steps.
+CUDA_TILES = dict(BLOCK_T=64, BLOCK_V=64, BLOCK_D=64, num_warps=4, num_stages=3)
+_INTERPRET_TILES = dict(BLOCK_T=32, BLOCK_V=128, BLOCK_D=64, num_warps=4, num_stages=1)
 
 
 # ----------------------------------------------------------------------------------------------- Triton kernels
@@ -182,10 +186,10 @@ def _kl_bwd_kernel(p_hs, p_ws, p_ht, p_wt, p_lse_s, p_lse_t, p_aux, p_scale, p_g
 
 
 def _tiles(device: torch.device) -> dict:
-    """Tile sizes per device: GPU tiles keep two fp32 logits tiles in registers; the interpreter wants few steps."""
+    """Launch options for this device, plus ``programs``: how many programs fill it."""
     if device.type == "cuda":
-        return dict(BLOCK_T=64, BLOCK_V=64, BLOCK_D=64, num_warps=4, num_stages=3, programs=4 * _sm_count(device))
-    return dict(BLOCK_T=32, BLOCK_V=128, BLOCK_D=64, num_warps=4, num_stages=1, programs=4)
+        return dict(CUDA_TILES, programs=4 * _sm_count(device))
+    return dict(_INTERPRET_TILES, programs=4)
 
 
 def _sm_count(device: torch.device) -> int:

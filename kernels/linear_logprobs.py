@@ -59,8 +59,9 @@ _TORCH_TOKEN_CHUNK = 128  # 78 MiB of fp32 logits at V=151936: 1/15 of the naive
 _TORCH_VOCAB_CHUNK = 8192
 _INTERPRET_TOKEN_CHUNK = 32
 _INTERPRET_BV = 512
-_CUDA_BT = 4
-_CUDA_BV = 1024
+# CUDA launch of both kernels: BT rows x BV vocab columns per tile (tests/kernels/test_aot_compile.py compiles
+# them with it for sm_80 and sm_90).
+CUDA_LAUNCH = dict(BT=4, BV=1024, num_warps=8, num_stages=3)
 _NEG = tl.constexpr(-1.0e30)  # running maxima start here: finite, so a fully masked lane stays NaN-free
 
 
@@ -135,15 +136,15 @@ def _stats_bwd_kernel(x, targets, lse, ent, g_tgt, g_lse, g_ent, g_sum, T, V, in
         tl.store(p_rows + o_v[None, :], (b_d * inv_temp).to(x.dtype.element_ty), mask=m_tv)
 
 
-def _triton_tiles(hidden: torch.Tensor, V: int) -> tuple[int, int, int, int]:
-    """(token chunk, row block BT, vocab tile BV, num_warps) for this device.
+def _triton_tiles(hidden: torch.Tensor, V: int) -> tuple[int, dict]:
+    """(token chunk, launch options: row block BT, vocab tile BV, num_warps, num_stages) for this device.
 
     Under the interpreter one program takes a whole small chunk (its cost is per program, not per element).
     """
     if not hidden.is_cuda and triton_interpret():
-        return _INTERPRET_TOKEN_CHUNK, _INTERPRET_TOKEN_CHUNK, _INTERPRET_BV, 1
+        return _INTERPRET_TOKEN_CHUNK, dict(BT=_INTERPRET_TOKEN_CHUNK, BV=_INTERPRET_BV, num_warps=1, num_stages=1)
     rows = max(128, _CHUNK_BYTES // (V * hidden.element_size()) // 128 * 128)
-    return rows, _CUDA_BT, _CUDA_BV, 8
+    return rows, CUDA_LAUNCH
 
 
 def _vocab_tiles(V: int) -> list[tuple[int, int]]:
@@ -231,10 +232,9 @@ def _chunk_stats(backend, x, y, inv_temp, tgt, lse, ent, lsum, need_ent, need_su
     if backend == "torch":
         _torch_stats(x, y, tgt, lse, ent, lsum, need_ent, need_sum)
         return
-    BT, BV, warps = _triton_tiles(x, x.shape[1])[1:]
-    _stats_fwd_kernel[(triton.cdiv(x.shape[0], BT),)](
-        x, y, tgt, lse, ent, lsum, x.shape[0], x.shape[1], inv_temp,
-        BT=BT, BV=BV, ENTROPY=need_ent, SUM=need_sum, num_warps=warps,
+    launch = _triton_tiles(x, x.shape[1])[1]
+    _stats_fwd_kernel[(triton.cdiv(x.shape[0], launch["BT"]),)](
+        x, y, tgt, lse, ent, lsum, x.shape[0], x.shape[1], inv_temp, ENTROPY=need_ent, SUM=need_sum, **launch,
     )
 
 
@@ -251,12 +251,11 @@ def _chunk_grads(backend, x, hs, weight, y, inv_temp, lse, ent, g_tgt, g_lse, g_
             if dw is not None:
                 dw[v0:v1].addmm_(d.T, hs, beta=beta)
         return
-    BT, BV, warps = _triton_tiles(x, x.shape[1])[1:]
-    _stats_bwd_kernel[(triton.cdiv(x.shape[0], BT),)](
+    launch = _triton_tiles(x, x.shape[1])[1]
+    _stats_bwd_kernel[(triton.cdiv(x.shape[0], launch["BT"]),)](
         x, y, lse, ent if g_ent is not None else lse, g_tgt, g_lse,
         g_ent if g_ent is not None else g_lse, g_sum if g_sum is not None else g_lse,
-        x.shape[0], x.shape[1], inv_temp, BT=BT, BV=BV, ENTROPY=g_ent is not None, SUM=g_sum is not None,
-        num_warps=warps,
+        x.shape[0], x.shape[1], inv_temp, ENTROPY=g_ent is not None, SUM=g_sum is not None, **launch,
     )
     if dh is not None:
         torch.mm(x, weight, out=dh)

@@ -25,18 +25,26 @@ import triton
 import triton.language as tl
 
 from .._dispatch import native, resolve_backend
+from .varlen import block_d
 
 AVAILABLE = ("torch", "triton", "cpp")
 
 _LOG2E = 1.4426950408889634
 _NEG = tl.constexpr(-1.0e30)  # a plain float global is a NameError inside @triton.jit on real Triton
+# CUDA launch options (tests/kernels/test_aot_compile.py compiles each kernel with them for sm_80 and sm_90);
+# the split kernel's head-dim tile is block_d(d) and its query-group tile max(16, next_power_of_2(H / Hkv)).
+CUDA_SPLIT = dict(BLOCK_N=64, num_warps=4, num_stages=3)
+CUDA_MERGE = dict(num_warps=4, num_stages=1)
+CUDA_WRITE = dict(num_warps=4, num_stages=1)
+MAX_SPLITS = 64
+_INTERPRET_SPLIT = dict(BLOCK_N=16, num_warps=4, num_stages=1)
 
 
 @triton.jit
 def paged_decode_split_kernel(
     q, k_cache, v_cache, block_table, context_lens, part_o, part_m, part_l, qk_scale, stride_bt, SPLIT_LEN,
-    H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
-    BLOCK_N: tl.constexpr, PAGE: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr,
+    NUM_SPLITS, H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr, PAGE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     i_b, i_hk, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G: tl.constexpr = H // HKV
@@ -75,8 +83,8 @@ def paged_decode_split_kernel(
 
 
 @triton.jit
-def paged_decode_merge_kernel(part_o, part_m, part_l, o, H: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                              NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr):
+def paged_decode_merge_kernel(part_o, part_m, part_l, o, NUM_SPLITS, H: tl.constexpr, D: tl.constexpr,
+                              BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
     i_b, i_h = tl.program_id(0), tl.program_id(1)
     o_bh = i_b.to(tl.int64) * H + i_h
     o_s = tl.arange(0, BLOCK_S)
@@ -116,31 +124,32 @@ def _num_splits(q: torch.Tensor, max_context: int, block_n: int, hkv: int) -> in
         target = 2 * torch.cuda.get_device_properties(q.device).multi_processor_count
     else:
         target = 4
-    return max(1, min(tiles, triton.cdiv(target, q.shape[0] * hkv), 64))
+    return max(1, min(tiles, triton.cdiv(target, q.shape[0] * hkv), MAX_SPLITS))
 
 
 def paged_decode_fwd(q, k_cache, v_cache, block_table, context_lens, softmax_scale, num_splits=None):
     """Launch the split and merge kernels; returns o [B, H, d] in the dtype of q."""
     B, H, D = q.shape
     HKV, page = k_cache.shape[2], k_cache.shape[1]
-    block_n = 64 if q.is_cuda else 16
+    cfg = CUDA_SPLIT if q.is_cuda else _INTERPRET_SPLIT
+    block_n = cfg["BLOCK_N"]
     max_context = block_table.shape[1] * page
     splits = num_splits or _num_splits(q, max_context, block_n, HKV)
     split_len = triton.cdiv(triton.cdiv(max_context, splits), block_n) * block_n
-    block_d = max(16, triton.next_power_of_2(D))
+    bd = block_d(D)
     part_o = torch.empty(B, H, splits, D, dtype=torch.float32, device=q.device)
     part_m = torch.empty(B, H, splits, dtype=torch.float32, device=q.device)
     part_l = torch.empty(B, H, splits, dtype=torch.float32, device=q.device)
     paged_decode_split_kernel[(B, HKV, splits)](
         q, k_cache, v_cache, block_table, context_lens, part_o, part_m, part_l, softmax_scale * _LOG2E,
-        block_table.stride(0), split_len, H=H, HKV=HKV, D=D, BLOCK_D=block_d,
-        BLOCK_G=max(16, triton.next_power_of_2(H // HKV)), BLOCK_N=block_n, PAGE=page, NUM_SPLITS=splits,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4,
+        block_table.stride(0), split_len, splits, H=H, HKV=HKV, D=D, BLOCK_D=bd,
+        BLOCK_G=max(16, triton.next_power_of_2(H // HKV)), PAGE=page,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **cfg,
     )
     o = torch.empty_like(q)
     paged_decode_merge_kernel[(B, H)](
-        part_o, part_m, part_l, o, H=H, D=D, BLOCK_D=block_d, NUM_SPLITS=splits,
-        BLOCK_S=max(2, triton.next_power_of_2(splits)),
+        part_o, part_m, part_l, o, splits, H=H, D=D, BLOCK_D=bd, BLOCK_S=max(2, triton.next_power_of_2(splits)),
+        **CUDA_MERGE,
     )
     return o
 
@@ -271,5 +280,5 @@ def write_kv_cache(
         if k.shape[0] > 0:
             write_kv_cache_kernel[(k.shape[0],)](
                 k.contiguous(), v.contiguous(), k_cache, v_cache, slot_mapping.contiguous(), HD=hd,
-                BLOCK=triton.next_power_of_2(hd),
+                BLOCK=triton.next_power_of_2(hd), **CUDA_WRITE,
             )

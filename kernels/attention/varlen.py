@@ -204,27 +204,40 @@ def packed_attn_bwd_dkdv_kernel(
     tl.store(dv + o_kv, b_dv.to(dv.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
 
 
-def _config(q: torch.Tensor) -> dict:
-    """Tile sizes and launch options for this device and head dim."""
-    D = q.shape[-1]
-    block_d = max(16, triton.next_power_of_2(D))
-    if not q.is_cuda:
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=block_d, num_warps=4, num_stages=1)
-    if block_d <= 64:
-        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
-    if block_d <= 128:
-        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=2)
-    return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=1)
+# CUDA launch configs per BLOCK_D (the head dim d rounded up to a power of two >= 16; d <= 256), forward and
+# backward: tile sizes, warps and pipeline stages. tests/kernels/test_aot_compile.py compiles every entry for
+# sm_80 and sm_90 and checks its shared memory against the chip. The backward's dk/dv kernel holds two fp32
+# [BLOCK_N, BLOCK_D] accumulators, so its tiles shrink with d.
+CUDA_FWD = {
+    16: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+    32: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+    64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+    128: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
+    256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=1),
+}
+CUDA_BWD = {
+    16: dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+    32: dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+    64: dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+    128: dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=1),
+    256: dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1),
+}
+CUDA_PREPROCESS = dict(BLOCK_T=64, num_warps=4, num_stages=1)
+MAX_HEAD_DIM = max(CUDA_FWD)
+# The interpreter (CPU tensors): few, large programs.
+_INTERPRET = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+_INTERPRET_PREPROCESS = dict(BLOCK_T=32, num_warps=4, num_stages=1)
 
 
-def _bwd_config(q: torch.Tensor) -> dict:
-    """Backward tiles: the dk/dv kernel holds two fp32 [BLOCK_N, d] accumulators, so tiles shrink with d."""
-    cfg = _config(q)
-    if q.is_cuda:
-        block_d = cfg["BLOCK_D"]
-        cfg.update(BLOCK_M=64 if block_d <= 64 else 32, BLOCK_N=64 if block_d <= 128 else 32,
-                   num_stages=2 if block_d <= 64 else 1)
-    return cfg
+def block_d(d: int) -> int:
+    """The head-dim tile: d rounded up to a power of two, at least 16 (tl.dot's smallest K); lanes >= d are masked."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def _config(q: torch.Tensor, table: dict) -> dict:
+    """Tile sizes and launch options for this device and head dim (``table``: CUDA_FWD or CUDA_BWD)."""
+    bd = block_d(q.shape[-1])
+    return dict(table[bd] if q.is_cuda else _INTERPRET, BLOCK_D=bd)
 
 
 def _precision(q: torch.Tensor) -> str:
@@ -240,7 +253,7 @@ def _common(q, k, cu_seqlens, window, causal):
 def packed_attention_fwd(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, window):
     """Launch the forward kernel: returns o [T, H, d] (dtype of q) and lse [H, T] fp32 (base 2)."""
     consts, (T, B) = _common(q, k, cu_seqlens, window, causal)
-    cfg = _config(q)
+    cfg = _config(q, CUDA_FWD)
     o = torch.empty_like(q)
     lse = torch.empty(q.shape[1], T, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(max_seqlen, cfg["BLOCK_M"]), B, q.shape[1])
@@ -254,11 +267,11 @@ def packed_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, causal, so
     """Launch the backward kernels: returns dq, dk, dv (dtypes of q, k, v)."""
     consts, (T, B) = _common(q, k, cu_seqlens, window, causal)
     H, D = q.shape[1], q.shape[2]
-    cfg = _bwd_config(q)
+    cfg = _config(q, CUDA_BWD)
     delta = torch.empty(H, T, dtype=torch.float32, device=q.device)
-    block_t = 64 if q.is_cuda else 32
-    packed_attn_bwd_preprocess_kernel[(triton.cdiv(T, block_t), H)](
-        o, do, delta, T, H=H, D=D, BLOCK_D=cfg["BLOCK_D"], BLOCK_T=block_t
+    pre = CUDA_PREPROCESS if q.is_cuda else _INTERPRET_PREPROCESS
+    packed_attn_bwd_preprocess_kernel[(triton.cdiv(T, pre["BLOCK_T"]), H)](
+        o, do, delta, T, H=H, D=D, BLOCK_D=cfg["BLOCK_D"], **pre
     )
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
