@@ -13,7 +13,7 @@ from .._dispatch import resolve_backend
 from .external import external_packed_attention, requested_attn_backend
 from .paged import paged_decode_attention, paged_decode_attention_reference, write_kv_cache, write_kv_cache_reference
 from .reference import packed_attention_reference
-from .varlen import packed_attention_triton
+from .varlen import MAX_HEAD_DIM, packed_attention_triton
 
 
 def packed_attention(
@@ -28,9 +28,10 @@ def packed_attention(
 ) -> torch.Tensor:
     """Attention over documents packed without padding.
 
-    Shapes: q [T, H, d], k and v [T, Hkv, d] (H a multiple of Hkv; d a multiple of 16 up to 256 on the
-    Triton path), cu_seqlens int32 [B+1] with cu_seqlens[0] == 0 and cu_seqlens[-1] == T, max_seqlen the
-    longest document (an int, or a 0-d tensor). Returns o [T, H, d] in the dtype of q.
+    Shapes: q [T, H, d], k and v [T, Hkv, d] (H a multiple of Hkv; any d up to 256 on the Triton path, whose
+    tiles round d up to a power of two >= 16 and mask the rest), cu_seqlens int32 [B+1] with cu_seqlens[0] == 0
+    and cu_seqlens[-1] == T, max_seqlen the longest document (an int, or a 0-d tensor). Returns o [T, H, d] in
+    the dtype of q.
     Tokens attend only within their own document: causally when ``causal``; with ``window`` = w, query i
     sees keys j with i - w < j <= i (causal) or |i - j| < w (non-causal). ``softmax_scale`` defaults to
     1/sqrt(d). Differentiable in q, k and v. ``VT_ATTN_BACKEND=flash_attn|xformers`` hands the call to
@@ -54,9 +55,8 @@ def packed_attention(
     backend = resolve_backend("packed_attention", q)
     if backend == "torch":
         return packed_attention_reference(q, k, v, cu_seqlens, causal=causal, softmax_scale=softmax_scale, window=window)
-    d = q.shape[2]
-    if d % 16 != 0 or d > 256:
-        raise ValueError(f"packed_attention: the Triton path needs head dim d a multiple of 16 up to 256, got q {tuple(q.shape)}")
+    if q.shape[2] > MAX_HEAD_DIM:
+        raise ValueError(f"packed_attention: the Triton path needs head dim d <= {MAX_HEAD_DIM}, got q {tuple(q.shape)}")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"packed_attention: q, k, v must share one of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
     return packed_attention_triton(q, k, v, cu_seqlens, max_seqlen, causal=causal, softmax_scale=softmax_scale, window=window)

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import native, resolve_backend
-from .varlen import block_d
+from .varlen import MAX_HEAD_DIM, block_d
 
 AVAILABLE = ("torch", "triton", "cpp")
 
@@ -207,9 +207,10 @@ def paged_decode_attention(
     """One decode step of attention against a paged KV cache (no gradient).
 
     Shapes: q [B, H, d] (the new token of each sequence), k_cache and v_cache [num_blocks, block_size, Hkv, d]
-    (H a multiple of Hkv), block_table int32 [B, max_blocks] (physical block of each logical block; entries
-    past a sequence's last block are ignored but must be valid indices for the torch path), context_lens
-    int32 [B] (tokens in the cache per sequence, the new one included). Returns o [B, H, d] in q's dtype.
+    (H a multiple of Hkv; any d up to 256 on the Triton path), block_table int32 [B, max_blocks] (physical
+    block of each logical block; entries past a sequence's last block are ignored but must be valid indices for
+    the torch path), context_lens int32 [B] (tokens in the cache per sequence, the new one included).
+    Returns o [B, H, d] in q's dtype.
     ``softmax_scale`` defaults to 1/sqrt(d); ``num_splits`` overrides the Triton path's context split count.
     """
     if q.dim() != 3:
@@ -237,8 +238,8 @@ def paged_decode_attention(
             if not k_cache.is_contiguous() or not v_cache.is_contiguous():
                 raise ValueError("paged_decode_attention: k_cache and v_cache must be contiguous")
             return paged_decode_cpp(q, k_cache, v_cache, block_table, context_lens, scale)
-        if D % 16 != 0 or D > 256:
-            raise ValueError(f"paged_decode_attention: the Triton path needs d a multiple of 16 up to 256, got {D}")
+        if D > MAX_HEAD_DIM:
+            raise ValueError(f"paged_decode_attention: the Triton path needs d <= {MAX_HEAD_DIM}, got {D}")
         if not k_cache.is_contiguous() or not v_cache.is_contiguous():
             raise ValueError("paged_decode_attention: k_cache and v_cache must be contiguous")
         return paged_decode_fwd(q.contiguous(), k_cache, v_cache, block_table.to(torch.int32),

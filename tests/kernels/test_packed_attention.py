@@ -72,6 +72,9 @@ def _check(lens, H, Hkv, d, causal=True, window=None, dtype=torch.float32, scale
         ([1, 37, 5, 70], 4, 4, 32, False, None),  # non-causal
         ([41, 66, 2], 4, 2, 16, False, 9),  # non-causal with a symmetric window
         ([45, 20], 2, 1, 64, True, None),  # d = 64
+        ([1, 37, 5, 70], 4, 2, 12, True, None),  # d = 12 (the GPU engine test's model): a 16-wide tile, 4 lanes masked
+        ([41, 66, 2], 6, 2, 40, False, 9),  # d = 40 in a 64-wide tile, non-causal with a window
+        ([23, 0, 64, 1, 9], 2, 1, 72, True, 7),  # d = 72 in a 128-wide tile, sliding window
     ],
 )
 def test_triton_matches_reference_fp32(monkeypatch, lens, H, Hkv, d, causal, window):
@@ -79,9 +82,10 @@ def test_triton_matches_reference_fp32(monkeypatch, lens, H, Hkv, d, causal, win
     _check(lens, H, Hkv, d, causal=causal, window=window)
 
 
-def test_triton_fp16_odd_head_dim(monkeypatch):
+@pytest.mark.parametrize("d", [48, 12])
+def test_triton_fp16_odd_head_dim(monkeypatch, d):
     monkeypatch.setenv("VT_BACKEND", "triton")
-    _check([3, 50, 12], 4, 2, 48, dtype=torch.float16, scale=0.3)
+    _check([3, 50, 12], 4, 2, d, dtype=torch.float16, scale=0.3)
 
 
 def test_triton_random_lengths_and_scale(monkeypatch):
@@ -139,8 +143,8 @@ def test_argument_errors(monkeypatch):
     with pytest.raises(ValueError, match="window"):
         packed_attention(q, q, q, cu, 10, window=0)
     monkeypatch.setenv("VT_BACKEND", "triton")
-    with pytest.raises(ValueError, match="multiple of 16"):
-        packed_attention(torch.randn(10, 2, 24), torch.randn(10, 2, 24), torch.randn(10, 2, 24), cu, 10)
+    with pytest.raises(ValueError, match="d <= 256"):
+        packed_attention(torch.randn(10, 2, 264), torch.randn(10, 2, 264), torch.randn(10, 2, 264), cu, 10)
 
 
 @pytest.mark.gpu

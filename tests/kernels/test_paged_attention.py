@@ -48,6 +48,8 @@ def _per_sequence(q, k_cache, v_cache, block_table, ctx):
         ([1, 17, 64, 100, 33], 8, 2, 32, 16, None),  # GQA 4, lengths across page boundaries
         ([5, 70, 0, 129], 8, 1, 16, 8, 3),  # GQA 8, an empty sequence, pages smaller than a tile, 3 splits
         ([40, 3], 2, 2, 64, 16, 1),  # GQA 1, d = 64, a single split
+        ([1, 17, 64, 100, 33], 4, 2, 12, 16, None),  # d = 12 (the GPU engine test's model) in a 16-wide tile
+        ([5, 70, 0, 129], 6, 3, 40, 8, 5),  # d = 40 in a 64-wide tile, 5 splits
     ],
 )
 def test_paged_decode_triton_matches_gather(monkeypatch, ctx, H, Hkv, d, page, num_splits):
@@ -70,11 +72,12 @@ def test_paged_decode_triton_fp16_and_scale(monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_write_then_decode_equals_packed_attention(monkeypatch, backend):
+@pytest.mark.parametrize("d", [16, 12])
+def test_write_then_decode_equals_packed_attention(monkeypatch, backend, d):
     """Prefill K/V through write_kv_cache into scattered blocks; decoding each sequence's last token then
     equals the last row of causal packed attention over the same tokens."""
     monkeypatch.setenv("VT_BACKEND", backend)
-    lens, H, Hkv, d, page = [9, 30, 1], 4, 2, 16, 8
+    lens, H, Hkv, page = [9, 30, 1], 4, 2, 8
     T = sum(lens)
     q = torch.randn(T, H, d)
     k = torch.randn(T, Hkv, d)
@@ -180,6 +183,13 @@ def test_paged_argument_errors():
         paged_decode_attention(q[:, :3], kc, vc, bt, cl)
     with pytest.raises(ValueError, match="slot_mapping"):
         write_kv_cache(torch.randn(3, 2, 16), torch.randn(3, 2, 16), kc, vc, torch.tensor([0, 1]))
+
+
+def test_paged_triton_head_dim_limit(monkeypatch):
+    monkeypatch.setenv("VT_BACKEND", "triton")
+    q, kc, vc, bt, cl = _paged_setup([4, 5], 2, 1, 264, 8)
+    with pytest.raises(ValueError, match="d <= 256"):
+        paged_decode_attention(q, kc, vc, bt, cl)
 
 
 @pytest.mark.gpu
