@@ -13,9 +13,10 @@ namespace vt {
 constexpr int kPackingScanThreads = 512;
 // packing.cu, token_ids_kernel: one thread per token (grid-stride). 32 / 28 registers.
 constexpr int kPackingTokenThreads = 256;
-// sampling.cu, sample_kernel: one block per row, two blocks per SM. At 1024 threads ptxas capped it at
-// 64 (sm_90) and 32 (sm_80, which assumed 2 blocks/SM) registers and spilled; at 512 with two blocks per
-// SM: 62 / 64 registers, no spills, the same 1024 resident threads per SM.
+// sampling.cu, sample_kernel: one block per row, two blocks per SM. __launch_bounds__(1024) made ptxas
+// cap it at 32 (sm_80, sized for two such blocks per SM) and 64 (sm_90) registers, and it spilled
+// (52 / 164 bytes); at 512 with two blocks per SM: 62 / 64 registers, no spills, the same 1024 resident
+// threads per SM.
 constexpr int kSampleThreads = 512;
 constexpr int kSampleMinBlocksPerSM = 2;
 
