@@ -33,7 +33,6 @@ DTYPES = ("fp16", "bf16", "fp32")
 # in bf16 (the dtype models train and generate in), also 80: masked in the 128-wide tile.
 HEAD_DIMS = (12, 32, 64, 128, 256)
 BF16_HEAD_DIMS = (12, 32, 64, 80, 128, 256)
-KERNEL_MODULES = ("attention.varlen", "attention.paged", "linear_logprobs", "kl_distill")
 _PKG = "vt_core.kernels."
 
 
@@ -162,21 +161,26 @@ def _compile(case: dict) -> dict:
                                   target=GPUTarget("cuda", case["arch"], 32), options=case["options"])
     except Exception as e:  # the guard reports every failing case, each with its own error
         return dict(id=case["id"], error=f"{type(e).__name__}: {e}"[:3000], seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
     cubin = compiled.asm.get("cubin", b"")
-    out = dict(id=case["id"], error=None, seconds=time.perf_counter() - start, shared=compiled.metadata.shared,
-               cubin_is_elf=cubin[:4] == b"\x7fELF")
-    out.update(_resources(cubin, get_ptxas(case["arch"]).path))
-    return out
+    if cubin[:4] != b"\x7fELF":
+        return dict(id=case["id"], error="triton.compile produced no cubin", seconds=seconds)
+    return dict(id=case["id"], error=None, seconds=seconds, shared=compiled.metadata.shared,
+                **_resources(cubin, get_ptxas(case["arch"]).path))
 
 
 def _jit_functions() -> dict:
-    """{name: source} of every @triton.jit function in the kernel modules."""
+    """{name: source} of every @triton.jit function defined in any module of vt_core.kernels."""
+    import pkgutil
+
     from triton.runtime.jit import JITFunction
 
+    import vt_core.kernels
+
     found = {}
-    for module in KERNEL_MODULES:
-        for name, obj in vars(importlib.import_module(_PKG + module)).items():
-            if isinstance(obj, JITFunction) and obj.fn.__module__ == _PKG + module:
+    for info in pkgutil.walk_packages(vt_core.kernels.__path__, _PKG):
+        for name, obj in vars(importlib.import_module(info.name)).items():
+            if isinstance(obj, JITFunction) and obj.fn.__module__ == info.name:
                 found[name] = obj.src
     return found
 
@@ -232,7 +236,6 @@ def test_kernel_compiles_within_chip_limits(compiled, case):
     r = compiled["results"][case["id"]]
     if r["error"] is not None:
         pytest.fail(f"{case['kernel']} does not compile for sm_{case['arch']}:\n{r['error']}", pytrace=False)
-    assert r["cubin_is_elf"], "triton.compile did not produce a cubin"
     shared = r["shared"] + r["static_shared"]
     assert shared <= SHARED_LIMIT[case["arch"]], (
         f"{shared} bytes of shared memory per block; sm_{case['arch']} allows {SHARED_LIMIT[case['arch']]}")
