@@ -19,16 +19,19 @@ LENGTHS = [7, 4, 1, 6]  # completion lengths of the 4 rows (right padded to C)
 PROMPT_PAD = [0, 2, 1, 0]  # left padding of the prompts
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_qwen2")
+def save_tiny_qwen2(path, **config_kw) -> str:
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=0, eos_token_id=2)
+                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=0, eos_token_id=2, **config_kw)
     Qwen2ForCausalLM(config).save_pretrained(path)
     load_tokenizer(tiny_tokenizer_path()).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return save_tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"))
 
 
 def _reward(completions, **kwargs):
@@ -158,6 +161,20 @@ def test_grpo_fallbacks_keep_trl_loss_with_vt_logprobs_and_log_once(model_path, 
     assert "GRPO loss stays on TRL's" in caplog.records[0].message
 
 
+def test_grpo_softcapped_model_stays_on_trl(tmp_path, caplog):
+    """TRL's fused LM head soft-caps the logits where the config asks; vt_core does not, so logprobs and loss stay
+    TRL's (and say so once)."""
+    vt_trl._LOGGED.clear()
+    trainer = grpo_trainer(save_tiny_qwen2(tmp_path / "softcap", final_logit_softcapping=3.0), tmp_path)
+    inputs = grpo_inputs(trainer)
+    with caplog.at_level(logging.WARNING, logger="vt_core.integrations.trl"):
+        ours, stock = with_and_without(trainer, inputs)
+    assert_same(ours, stock)
+    calls = trainer._vt_core.calls
+    assert calls["trl_loss"] == 1 and calls["trl_logprobs"] == 1 and calls["rl_loss"] == calls["logprobs"] == 0
+    assert sum("final logit soft-capping" in r.message for r in caplog.records) == 2  # logprobs and loss, once each
+
+
 def test_grpo_reference_and_old_logprobs_match_trl(model_path, tmp_path):
     trainer = grpo_trainer(model_path, tmp_path, beta=0.04)
     inputs = grpo_inputs(trainer)
@@ -223,6 +240,20 @@ def test_sft_loss_and_grads_match_trl(model_path, tmp_path, padding_free, num_it
     assert trainer._metrics["train"]["num_tokens"] == [2 * trainer._total_train_tokens // 2]
     vt_trl.disable(trainer)
     assert trainer.model.config._attn_implementation == "sdpa"
+
+
+def test_sft_fallback_dft_stays_on_trl(model_path, tmp_path, caplog):
+    vt_trl._LOGGED.clear()
+    trainer, batch = sft_trainer(model_path, tmp_path, False)
+    trainer.args.loss_type = "dft"
+    stock = trainer.compute_loss(trainer.model, dict(batch))
+    vt_trl.enable(trainer)
+    with caplog.at_level(logging.WARNING, logger="vt_core.integrations.trl"):
+        ours = [trainer.compute_loss(trainer.model, dict(batch)) for _ in range(2)]
+    assert ours[0].item() == ours[1].item() == pytest.approx(stock.item(), rel=1e-6)
+    assert trainer._vt_core.calls == {**trainer._vt_core.calls, "trl_loss": 2, "cross_entropy": 0}
+    assert [r.message for r in caplog.records] == ["vt_core.integrations.trl: SFT loss stays on TRL's fused LM head: "
+                                                   "loss_type='dft'"]
 
 
 # -- pinning ------------------------------------------------------------------------------------------------------
