@@ -4,6 +4,7 @@ the fallbacks stay on TRL's path and are logged once; the opt-in refuses TRL int
 
 import logging
 import math
+import types
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from datasets import Dataset
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
+import vt_core.integrations._trl_internals as trl_internals
 import vt_core.integrations.trl as vt_trl
 from vt_core.data import load_tokenizer, tiny_tokenizer_path
 
@@ -261,7 +263,7 @@ def test_enable_refuses_changed_trl_internals(model_path, tmp_path, monkeypatch)
     """The opt-in applies to TRL 1.16's internals; a wrapped method that is gone or has another signature, or a
     loss normaliser it reproduces that changed, raises instead of training with a silently different loss."""
     trainer = grpo_trainer(model_path, tmp_path)
-    version = vt_trl._trl_version()
+    version = vt_trl.trl_version()
 
     def other_signature(self, model, inputs, extra):
         return GRPOTrainer._compute_loss(self, model, inputs)
@@ -274,13 +276,21 @@ def test_enable_refuses_changed_trl_internals(model_path, tmp_path, monkeypatch)
     with pytest.raises(vt_trl.TRLIntegrationError, match="_get_per_token_logps_and_entropies is missing"):
         vt_trl.enable(trainer)
     monkeypatch.undo()
-    monkeypatch.setattr(vt_trl, "_GRPO_SOURCE", vt_trl._GRPO_SOURCE + ("loss = per_token_loss.mean()",))
+    monkeypatch.setitem(trl_internals.GRPO_PINS, "source", trl_internals.GRPO_PINS["source"] + ("loss = x.mean()",))
     with pytest.raises(vt_trl.TRLIntegrationError, match=r"_compute_loss no longer contains"):
         vt_trl.enable(trainer)
     monkeypatch.undo()
     trainer.model.forward = Qwen2ForCausalLM.forward.__get__(trainer.model)  # no fused LM head
     with pytest.raises(vt_trl.TRLIntegrationError, match="is not TRL's fused LM head"):
         vt_trl.enable(trainer)
+    sft = sft_trainer(model_path, tmp_path, False)[0]
+    monkeypatch.setattr(SFTTrainer, "compute_loss", lambda self, model, inputs, outputs=None: None)
+    with pytest.raises(vt_trl.TRLIntegrationError, match=rf"TRL {version}: SFTTrainer.compute_loss has parameters"):
+        vt_trl.enable(sft)
+    monkeypatch.undo()
+    monkeypatch.setattr(sft, "args", types.SimpleNamespace(loss_type="nll"))  # a config without the field
+    with pytest.raises(vt_trl.TRLIntegrationError, match="SFTTrainer.args has no field 'average_tokens_across"):
+        vt_trl.enable(sft)
 
 
 def test_enable_applies_to_this_trl(model_path, tmp_path):

@@ -27,100 +27,37 @@ aux losses, logit soft-capping or scaling, an LM head with bias, VLM inputs; for
 and clip_ratio/{low,high,region}_mean are logged (token means; TRL's per-sequence clip_ratio/low_min and
 high_max are not); SFT logs num_tokens, not entropy and mean_token_accuracy.
 
-The trainer methods and the model forward wrapped here are pinned: a missing method or another signature
-raises :class:`TRLIntegrationError` naming the TRL version and the method.
+What this relies on in TRL (the methods and the model forward it wraps, the attributes it reads, the loss
+normalisers it reproduces) is listed and checked in ``_trl_internals``: anything missing or changed makes
+``enable`` raise :class:`TRLIntegrationError` naming the TRL version and the method.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import logging
 import math
-import types
 
 import torch
 
 from vt_core.kernels import RLLossConfig, linear_cross_entropy, linear_logprobs, linear_rl_loss
 
+from ._trl_internals import (GRPO_PINS, SFT_PINS, TRLIntegrationError, has_head, install_head, is_trl_fused_forward,
+                             pin, remove_head, trl_version)
+
 logger = logging.getLogger(__name__)
 _LOGGED: set[str] = set()
 
 GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-_GRPO_METHODS = {
-    "_get_per_token_logps_and_entropies": ("self", "model", "input_ids", "attention_mask", "logits_to_keep",
-                                           "batch_size", "compute_entropy", "compute_aux_loss"),
-    "_compute_loss": ("self", "model", "inputs"),
-}
-_GRPO_ATTRS = ("loss_type", "beta", "epsilon_low", "epsilon_high", "temperature", "importance_sampling_level",
-               "top_entropy_quantile", "use_vllm", "vllm_importance_sampling_correction",
-               "vllm_importance_sampling_mode", "vllm_importance_sampling_clip_min",
-               "vllm_importance_sampling_clip_max", "max_completion_length", "_entropy_bonus_enabled",
-               "aux_loss_enabled", "off_policy_mask_threshold", "ref_model", "_metrics", "accelerator")
-_GRPO_ARGS = ("delta", "use_bias_correction_kl", "steps_per_generation", "cast_lm_head_to_fp32")
-# TRL's own normalisers that the GRPO mapping reproduces; a change in any of them must stop the opt-in
-_GRPO_SOURCE = ("loss = ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()",
-                "loss = (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)",
-                "(per_token_loss.size(0) * self.max_completion_length)",
-                'normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes',
-                "normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation",
-                'per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]',
-                "torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1")
-_SFT_METHODS = {"compute_loss": ("self", "model", "inputs", "return_outputs", "num_items_in_batch")}
-_SFT_ATTRS = ("aux_loss_enabled", "compute_loss_func", "label_smoother", "padding_free", "_is_vlm", "_metrics",
-              "_total_train_tokens", "_tp_size", "accelerator", "get_tp_size")
-_SFT_SOURCE = ("per_token_loss = -outputs.log_probs",
-               "loss = per_token_loss.sum() / torch.as_tensor(num_tokens).clamp(min=1)")
 # inputs of TRL's logprob pass that only a VLM (or a model with extra token types) passes
 _MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
                "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
-
-
-class TRLIntegrationError(RuntimeError):
-    """TRL's internals are not the ones vt_core's opt-in was written against."""
-
-
-def _trl_version() -> str:
-    import trl
-
-    return trl.__version__
 
 
 def _log_once(message: str) -> None:
     if message not in _LOGGED:
         _LOGGED.add(message)
         logger.warning("vt_core.integrations.trl: %s", message)
-
-
-def _pin(trainer, methods: dict, attrs: tuple, args: tuple, source: tuple[str, ...]) -> None:
-    cls = type(trainer).__name__
-    for name, params in methods.items():
-        fn = getattr(type(trainer), name, None)
-        if fn is None:
-            raise TRLIntegrationError(f"TRL {_trl_version()}: {cls}.{name} is missing; vt_core's opt-in wraps it "
-                                      f"(written against TRL 1.16)")
-        signature = inspect.signature(fn).parameters
-        got = tuple(signature)
-        required_extra = [p for p in list(signature.values())[len(params):]
-                          if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        if got[:len(params)] != params or required_extra:
-            raise TRLIntegrationError(f"TRL {_trl_version()}: {cls}.{name} has parameters {got}, vt_core's opt-in "
-                                      f"expects {params} (written against TRL 1.16)")
-    for name in attrs:
-        if not hasattr(trainer, name):
-            raise TRLIntegrationError(f"TRL {_trl_version()}: {cls} has no attribute {name!r} that vt_core's opt-in "
-                                      "reads (written against TRL 1.16)")
-    for name in args:
-        if not hasattr(trainer.args, name):
-            raise TRLIntegrationError(f"TRL {_trl_version()}: {cls}.args has no field {name!r} that vt_core's opt-in "
-                                      "reads (written against TRL 1.16)")
-    method = "_compute_loss" if "_compute_loss" in methods else "compute_loss"
-    text = inspect.getsource(getattr(type(trainer), method))
-    for line in source:
-        if line not in text:
-            raise TRLIntegrationError(f"TRL {_trl_version()}: {cls}.{method} no longer contains {line!r}; vt_core's "
-                                      "loss mapping reproduces it (written against TRL 1.16)")
 
 
 def _text_model(trainer, model):
@@ -143,58 +80,9 @@ def _model_fallback(model) -> str | None:
     head = model.get_output_embeddings()
     if head is None or getattr(head, "bias", None) is not None:
         return "an LM head with a bias" if head is not None else "no LM head"
-    if not any(getattr(fn, "_vt_core_head", False) for fn in _forward_chain(model)):
+    if not has_head(model):
         return "a model whose forward vt_core did not wrap"
     return None
-
-
-def _forward_chain(model):
-    """The functions ``model.forward`` wraps, outermost first (accelerate's autocast wrappers, TRL's fused LM
-    head, ours), following ``__wrapped__`` (functools.wraps)."""
-    fn = getattr(model.forward, "__func__", model.forward)
-    seen = set()
-    while fn is not None and id(fn) not in seen:
-        seen.add(id(fn))
-        yield fn
-        fn = getattr(fn, "__wrapped__", None)
-
-
-def _is_trl_fused_forward(model) -> bool:
-    for fn in _forward_chain(model):
-        code = getattr(fn, "__code__", None)
-        if code is not None:
-            keyword_only = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
-            if "fused_lm_head" in keyword_only:
-                return True
-    return False
-
-
-def _install_head(model) -> None:
-    """Wrap ``model.forward``: ``model(..., vt_head=fn)`` runs the base model and returns
-    ``fn(last_hidden_state [B, S, D], lm_head weight [V, D])``; any other call goes to the forward it wraps."""
-    if any(getattr(fn, "_vt_core_head", False) for fn in _forward_chain(model)):
-        return
-    previous = model.forward
-
-    @functools.wraps(type(model).forward)  # generate() validates its kwargs against this signature
-    def forward(self, *args, vt_head=None, **kwargs):
-        if vt_head is None:
-            return previous(*args, **kwargs)
-        kwargs["use_cache"] = False
-        hidden = self.base_model(*args, **kwargs).last_hidden_state
-        weight = self.get_output_embeddings().weight
-        if hasattr(weight, "full_tensor"):  # FSDP2 shards parameters as DTensors
-            weight = weight.full_tensor()
-        return vt_head(hidden.to(weight.device), weight)
-
-    model.forward = types.MethodType(forward, model)
-    model.forward.__func__._vt_core_head = True
-    model.forward.__func__._vt_core_previous = previous
-
-
-def _remove_head(model) -> None:
-    if getattr(model.forward, "_vt_core_head", False):
-        model.forward = model.forward.__func__._vt_core_previous
 
 
 @contextlib.contextmanager
@@ -416,13 +304,13 @@ def enable(trainer):
     if getattr(trainer, "_vt_core", None) is not None:
         return trainer
     if _is(trainer, "GRPOTrainer"):
-        _pin(trainer, _GRPO_METHODS, _GRPO_ATTRS, _GRPO_ARGS, _GRPO_SOURCE)
+        pin(trainer, GRPO_PINS)
         state = _Integration(trainer, "grpo")
         models = [_text_model(trainer, trainer.model)] + ([trainer.ref_model] if trainer.ref_model is not None else [])
         trainer._get_per_token_logps_and_entropies = state.logprobs
         trainer._compute_loss = state.rl_loss
     elif _is(trainer, "SFTTrainer"):
-        _pin(trainer, _SFT_METHODS, _SFT_ATTRS, (), _SFT_SOURCE)
+        pin(trainer, SFT_PINS)
         state = _Integration(trainer, "sft")
         models = [_text_model(trainer, trainer.model)]
         trainer.compute_loss = state.sft_loss
@@ -435,11 +323,11 @@ def enable(trainer):
         raise TypeError(f"vt_core.integrations.trl.enable: expected a TRL GRPOTrainer or SFTTrainer, got "
                         f"{type(trainer).__name__}")
     for model in models:
-        if not _is_trl_fused_forward(model):
-            raise TRLIntegrationError(f"TRL {_trl_version()}: {type(model).__name__}.forward is not TRL's fused LM "
+        if not is_trl_fused_forward(model):
+            raise TRLIntegrationError(f"TRL {trl_version()}: {type(model).__name__}.forward is not TRL's fused LM "
                                       "head (trl.trainer.utils.add_fused_lm_head), which vt_core's opt-in wraps "
                                       "(written against TRL 1.16)")
-        _install_head(model)
+        install_head(model)
     state.models = models
     trainer._vt_core = state
     return trainer
@@ -453,7 +341,7 @@ def disable(trainer):
     for name in ("_get_per_token_logps_and_entropies", "_compute_loss", "compute_loss"):
         trainer.__dict__.pop(name, None)
     for model in state.models:
-        _remove_head(model)
+        remove_head(model)
     if state.attn_before is not None:
         state.models[0].set_attn_implementation(state.attn_before)
     trainer._vt_core = None
