@@ -515,7 +515,7 @@ def run_optin(args) -> None:
     shapes = {"threads": {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"], "torch_main": torch.get_num_threads()},
               "steps_timed": args.steps, "warmup_steps": 1, "vocab": args.optin_vocab,
               "model": "random Qwen2, hidden 128, 2 layers, 4 heads (2 KV), tied embeddings, fp32"}
-    results = Record("trl_optin", args, shapes=shapes, baseline="grpo_trl")
+    results = Record("trl_optin", args, shapes=shapes)  # ratios per kind: *_vs_trl below
     errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench_trl_optin_") as tmp:
         work = Path(tmp)
