@@ -1,6 +1,6 @@
-// Decode attention on a paged KV cache, CPU (fp32): the "cpp" backend of paged_decode_attention and the
-// generation engine's CPU decode path. There is no CUDA twin: on CUDA the Triton kernel in
-// kernels/attention/paged.py does this.
+// Decode attention on a paged KV cache, CPU (fp32): paged_decode_native (kernels/attention/paged/native.py),
+// the "cpp" backend of paged_decode_attention and the generation engine's decode_attention="native". There is
+// no CUDA twin: on CUDA the Triton kernel in kernels/attention/paged/fused.py does this.
 //
 // One work item is one sequence: all its heads read its keys and values straight from the cache blocks
 // named by the block table (no gather, no padding to the longest sequence, no mask), each block front to

@@ -3,16 +3,18 @@
 An op lists the implementations it has in ``available``, a subset of:
 ``"torch"`` (the pure-torch reference, always there), ``"triton"`` (Triton kernels), ``"cuda"`` (a
 hand-written CUDA kernel in vt_core._C) and ``"cpp"`` (that CUDA kernel's C++ CPU twin in vt_core._C).
-``resolve_backend(op, tensor, available)`` picks one from ``VT_BACKEND=auto|torch|triton|cuda``
+``resolve_backend(op, tensor, available)`` picks one from ``VT_BACKEND=auto|torch|triton|cuda|cpp``
 (read on every call, so tests and callers can switch it):
 
 - ``auto`` (default): on CUDA tensors Triton, else the CUDA kernel, else torch; on CPU tensors torch.
 - ``torch``: always the chunked pure-torch reference.
 - ``triton``: always Triton. On CPU tensors this needs ``TRITON_INTERPRET=1`` (set before triton is
   imported), which is how CI runs every Triton kernel. Ops without Triton use torch (logged once).
-- ``cuda``: the native path. CUDA tensors get the CUDA kernel; CPU tensors get its C++ CPU twin
-  (``"cpp"``), which is how CI runs the native code. An op with a CUDA kernel but no twin raises on
-  CPU tensors; an op with neither uses the ``auto`` choice (logged once).
+- ``cuda``: the native path. CUDA tensors get the CUDA kernel. An op with a CUDA kernel but no twin raises
+  on CPU tensors; an op with neither uses the ``auto`` choice (logged once). On CPU tensors of an op with a
+  C++ twin it still selects the twin, with a one-time deprecation note: that is ``cpp``'s job now.
+- ``cpp``: the C++ CPU twins in vt_core._C on CPU tensors, which is how CI runs the native code. Ops without
+  a twin, and CUDA tensors, use the ``auto`` choice (logged once).
 
 Native ops pass raw pointers to vt_core._C: :func:`native` returns the module, :func:`cuda_launch_args`
 the (device index, stream handle) pair that every CUDA entry takes after its pointers and sizes.
@@ -25,7 +27,7 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "torch", "triton", "cuda")
+BACKENDS = ("auto", "torch", "triton", "cuda", "cpp")
 _log = logging.getLogger("vt_core.kernels")
 _warned: set[tuple[str, str]] = set()
 
@@ -73,10 +75,17 @@ def resolve_backend(op: str, tensor: torch.Tensor, available: tuple[str, ...] = 
     Returns one of ``"torch"``, ``"triton"``, ``"cuda"``, ``"cpp"`` (see the module docstring).
     """
     name = requested_backend()
+    if name == "cpp":
+        if not tensor.is_cuda and "cpp" in available:
+            return "cpp"
+        log_once(op, f"VT_BACKEND=cpp but this op has no C++ twin for tensors on {tensor.device}; "
+                 "using the auto choice")
+        name = "auto"
     if name == "cuda":
         if tensor.is_cuda and "cuda" in available:
             return "cuda"
         if not tensor.is_cuda and "cpp" in available:
+            log_once("VT_BACKEND", "cuda on CPU tensors selecting the C++ twins is deprecated; use VT_BACKEND=cpp")
             return "cpp"
         if "cuda" in available:
             raise RuntimeError(

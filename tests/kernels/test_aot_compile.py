@@ -4,7 +4,8 @@ The interpreter is not a compiler (DESIGN.md): it accepts what real Triton refus
 read inside ``@triton.jit`` code. Each case here runs ``triton.compile(ASTSource(...), target=GPUTarget("cuda",
 arch, 32))`` through ptxas to a cubin on this CPU machine, with no GPU, and checks it against the chip: shared
 memory per block within 227 KiB (H100/H200) or 163 KiB (A100), registers x threads per block <= 65,536. The
-cases come from the launch tables the launchers themselves read (``varlen.CUDA_FWD``, ``paged.CUDA_SPLIT``,
+cases come from the launch tables the launchers themselves read (``attention.packed.fused.CUDA_FWD``,
+``attention.paged.fused.CUDA_SPLIT``,
 ``linear_logprobs.CUDA_LAUNCH``, ``kl_distill.CUDA_TILES``, ...): every table entry, every dtype the public
 functions take (fp16, bf16, fp32), every head-dim tile, every constexpr flag.
 
@@ -34,6 +35,7 @@ DTYPES = ("fp16", "bf16", "fp32")
 HEAD_DIMS = (12, 32, 64, 128, 256)
 BF16_HEAD_DIMS = (12, 32, 64, 80, 128, 256)
 _PKG = "vt_core.kernels."
+PACKED, PAGED = "attention.packed.fused", "attention.paged.fused"
 
 
 def _case(module, kernel, arch, tag, types, consts, launch):
@@ -44,7 +46,7 @@ def _case(module, kernel, arch, tag, types, consts, launch):
 
 
 def _attention_cases(arch):
-    from vt_core.kernels.attention import varlen
+    from vt_core.kernels.attention.packed import fused as varlen
 
     for dt in DTYPES:
         p = "*" + dt
@@ -61,17 +63,17 @@ def _attention_cases(arch):
             for causal, window in flags:
                 tag = f"{dt}-d{d}" + ("" if causal else "-noncausal") + ("-window" if window else "")
                 c = dict(H=16, HKV=2, D=d, BLOCK_D=bd, CAUSAL=causal, HAS_WINDOW=window, PRECISION=precision)
-                yield _case("attention.varlen", "packed_attn_fwd_kernel", arch, tag, fwd, c, varlen.CUDA_FWD[bd])
+                yield _case(PACKED, "packed_attn_fwd_kernel", arch, tag, fwd, c, varlen.CUDA_FWD[bd])
                 for kernel in ("packed_attn_bwd_dq_kernel", "packed_attn_bwd_dkdv_kernel"):
-                    yield _case("attention.varlen", kernel, arch, tag, bwd, c, varlen.CUDA_BWD[bd])
-            yield _case("attention.varlen", "packed_attn_bwd_preprocess_kernel", arch, f"{dt}-d{d}", pre,
+                    yield _case(PACKED, kernel, arch, tag, bwd, c, varlen.CUDA_BWD[bd])
+            yield _case(PACKED, "packed_attn_bwd_preprocess_kernel", arch, f"{dt}-d{d}", pre,
                         dict(H=16, D=d, BLOCK_D=bd), varlen.CUDA_PREPROCESS)
 
 
 def _paged_cases(arch):
     import triton
 
-    from vt_core.kernels.attention import paged
+    from vt_core.kernels.attention.paged import fused as paged
 
     part = dict(part_o="*fp32", part_m="*fp32", part_l="*fp32", NUM_SPLITS="i32")
     for dt in DTYPES:
@@ -85,15 +87,15 @@ def _paged_cases(arch):
             for h, hkv, page in groups:
                 c = dict(H=h, HKV=hkv, D=d, BLOCK_D=bd, BLOCK_G=max(16, triton.next_power_of_2(h // hkv)), PAGE=page,
                          PRECISION=precision)
-                yield _case("attention.paged", "paged_decode_split_kernel", arch, f"{dt}-d{d}-g{h // hkv}-page{page}",
+                yield _case(PAGED, "paged_decode_split_kernel", arch, f"{dt}-d{d}-g{h // hkv}-page{page}",
                             split, c, paged.CUDA_SPLIT)
             # the merge is fp32 math with the dtype only at its store: other dtypes at one head dim
             for splits in (1, paged.MAX_SPLITS) if dt == "bf16" or d == 128 else ():
                 c = dict(H=16, D=d, BLOCK_D=bd, BLOCK_S=max(2, triton.next_power_of_2(splits)))
-                yield _case("attention.paged", "paged_decode_merge_kernel", arch, f"{dt}-d{d}-splits{splits}",
+                yield _case(PAGED, "paged_decode_merge_kernel", arch, f"{dt}-d{d}-splits{splits}",
                             dict(part, o=p), c, paged.CUDA_MERGE)
         for hkv, d in ((2, 12), (2, 128), (8, 128), (32, 128)):
-            yield _case("attention.paged", "write_kv_cache_kernel", arch, f"{dt}-hd{hkv * d}",
+            yield _case(PAGED, "write_kv_cache_kernel", arch, f"{dt}-hd{hkv * d}",
                         dict(k=p, v=p, k_cache=p, v_cache=p, slot_mapping="*i64"),
                         dict(HD=hkv * d, BLOCK=triton.next_power_of_2(hkv * d)), paged.CUDA_WRITE)
 

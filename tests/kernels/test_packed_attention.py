@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vt_core.kernels import packed_attention, packed_attention_reference
+from vt_core.kernels.attention import packed_attention_naive
 
 
 def _cu(lens):
@@ -16,28 +17,6 @@ def _cu(lens):
 def _inputs(lens, H, Hkv, d, dtype):
     T = sum(lens)
     return [torch.randn(T, h, d, dtype=dtype).requires_grad_() for h in (H, Hkv, Hkv)]
-
-
-def _naive(q, k, v, cu, causal, window, scale):
-    """Dense loop written independently of the reference: explicit scores, mask and softmax per document."""
-    out = torch.zeros_like(q)
-    rep = q.shape[1] // k.shape[1]
-    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        if e == s:
-            continue
-        i = torch.arange(e - s)[:, None]
-        j = torch.arange(e - s)[None, :]
-        allowed = torch.ones(e - s, e - s, dtype=torch.bool)
-        if causal:
-            allowed &= j <= i
-        if window is not None:
-            allowed &= (i - j).abs() < window
-        kk = k[s:e].repeat_interleave(rep, 1)
-        vv = v[s:e].repeat_interleave(rep, 1)
-        scores = torch.einsum("ihd,jhd->hij", q[s:e], kk) * scale
-        p = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
-        out[s:e] = torch.einsum("hij,jhd->ihd", p, vv)
-    return out
 
 
 def _check(lens, H, Hkv, d, causal=True, window=None, dtype=torch.float32, scale=None, tol=None):
@@ -101,7 +80,7 @@ def test_reference_matches_naive_loop():
     q, k, v = [x.detach().double() for x in _inputs(lens, 4, 2, 8, torch.float64)]
     for causal, window in [(True, None), (True, 3), (False, None), (False, 4)]:
         ref = packed_attention_reference(q, k, v, cu, causal=causal, window=window)
-        naive = _naive(q, k, v, cu, causal, window, 1 / math.sqrt(8))
+        naive = packed_attention_naive(q, k, v, cu, causal, 1 / math.sqrt(8), window)
         torch.testing.assert_close(ref, naive)
 
 

@@ -2,9 +2,7 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from vt_core.kernels.attention.paged import paged_decode_cpp
 from vt_core.kernels import (
     packed_attention_reference,
     paged_decode_attention,
@@ -12,6 +10,7 @@ from vt_core.kernels import (
     write_kv_cache,
     write_kv_cache_reference,
 )
+from vt_core.kernels.attention import paged_decode_attention_naive, paged_decode_native
 
 
 def _paged_setup(ctx, H, Hkv, d, page, dtype=torch.float32, seed=0):
@@ -24,22 +23,6 @@ def _paged_setup(ctx, H, Hkv, d, page, dtype=torch.float32, seed=0):
     v_cache = torch.randn(num_blocks, page, Hkv, d, generator=gen).to(dtype)
     q = torch.randn(B, H, d, generator=gen).to(dtype)
     return q, k_cache, v_cache, block_table, torch.tensor(ctx, dtype=torch.int32)
-
-
-def _per_sequence(q, k_cache, v_cache, block_table, ctx):
-    """Independent oracle: gather each sequence's tokens in a Python loop and run plain SDPA."""
-    B, H, d = q.shape
-    page, Hkv = k_cache.shape[1], k_cache.shape[2]
-    out = torch.zeros(B, H, d, dtype=torch.float64)
-    for b in range(B):
-        n = int(ctx[b])
-        if n == 0:
-            continue
-        slots = [int(block_table[b, t // page]) * page + t % page for t in range(n)]
-        k = k_cache.reshape(-1, Hkv, d)[slots].double().transpose(0, 1).repeat_interleave(H // Hkv, 0)
-        v = v_cache.reshape(-1, Hkv, d)[slots].double().transpose(0, 1).repeat_interleave(H // Hkv, 0)
-        out[b] = F.scaled_dot_product_attention(q[b].double()[:, None], k, v)[:, 0]
-    return out
 
 
 @pytest.mark.parametrize(
@@ -57,7 +40,7 @@ def test_paged_decode_triton_matches_gather(monkeypatch, ctx, H, Hkv, d, page, n
     q, kc, vc, bt, cl = _paged_setup(ctx, H, Hkv, d, page)
     out = paged_decode_attention(q, kc, vc, bt, cl, num_splits=num_splits)
     ref = paged_decode_attention_reference(q, kc, vc, bt, cl)
-    oracle = _per_sequence(q, kc, vc, bt, cl)
+    oracle = paged_decode_attention_naive(q, kc, vc, bt, cl)
     torch.testing.assert_close(ref.double(), oracle, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.double(), oracle, atol=1e-5, rtol=1e-5)
 
@@ -109,14 +92,14 @@ def test_write_then_decode_equals_packed_attention(monkeypatch, backend, d):
     ],
 )
 @pytest.mark.parametrize("threads", [1, 3])
-def test_paged_decode_cpp_matches_gather(monkeypatch, ctx, H, Hkv, d, page, threads):
-    """The C++ CPU kernel (VT_BACKEND=cuda on CPU tensors) against the per-sequence float64 oracle; with
+def test_paged_decode_native_matches_gather(monkeypatch, ctx, H, Hkv, d, page, threads):
+    """The C++ CPU kernel (VT_BACKEND=cpp) against the per-sequence float64 oracle; with
     k_new / v_new it reads each sequence's last position from them instead of the cache."""
     q, kc, vc, bt, cl = _paged_setup(ctx, H, Hkv, d, page, seed=len(ctx) + d)
-    oracle = _per_sequence(q, kc, vc, bt, cl)
-    monkeypatch.setenv("VT_BACKEND", "cuda")
+    oracle = paged_decode_attention_naive(q, kc, vc, bt, cl)
+    monkeypatch.setenv("VT_BACKEND", "cpp")
     torch.testing.assert_close(paged_decode_attention(q, kc, vc, bt, cl).double(), oracle, atol=2e-6, rtol=1e-5)
-    out = paged_decode_cpp(q, kc, vc, bt, cl, d**-0.5, threads=threads)
+    out = paged_decode_native(q, kc, vc, bt, cl, d**-0.5, threads=threads)
     torch.testing.assert_close(out.double(), oracle, atol=2e-6, rtol=1e-5)
     # The last position from k_new / v_new: poison its cache slot; the result must not change.
     last = [(int(bt[b, (n - 1) // page]), (n - 1) % page) for b, n in enumerate(ctx)]
@@ -125,11 +108,11 @@ def test_paged_decode_cpp_matches_gather(monkeypatch, ctx, H, Hkv, d, page, thre
     for (blk, off), n in zip(last, ctx):
         if n:
             kc[blk, off], vc[blk, off] = float("nan"), float("nan")
-    fresh = paged_decode_cpp(q, kc, vc, bt, cl, d**-0.5, threads=threads, k_new=k_new, v_new=v_new)
+    fresh = paged_decode_native(q, kc, vc, bt, cl, d**-0.5, threads=threads, k_new=k_new, v_new=v_new)
     torch.testing.assert_close(fresh.double(), oracle, atol=2e-6, rtol=1e-5)
 
 
-def test_paged_decode_cpp_prefill_rows_equal_packed_attention():
+def test_paged_decode_native_prefill_rows_equal_packed_attention():
     """The engine's CPU prefill: every prompt token is a query row over its own prefix (rows of one prompt
     share its block table) and equals causal packed attention."""
     lens, H, Hkv, d, page = [9, 70, 1], 4, 2, 32, 16
@@ -142,21 +125,43 @@ def test_paged_decode_cpp_prefill_rows_equal_packed_attention():
     slots = tables[seq, pos // page].long() * page + pos % page
     k_cache, v_cache = torch.zeros(16, page, Hkv, d), torch.zeros(16, page, Hkv, d)
     k_cache.view(-1, Hkv, d)[slots], v_cache.view(-1, Hkv, d)[slots] = k, v
-    out = paged_decode_cpp(q, k_cache, v_cache, tables[seq], (pos + 1).to(torch.int32), d**-0.5)
+    out = paged_decode_native(q, k_cache, v_cache, tables[seq], (pos + 1).to(torch.int32), d**-0.5)
     torch.testing.assert_close(out, packed_attention_reference(q, k, v, cu), atol=2e-6, rtol=1e-5)
 
 
-def test_paged_decode_cpp_errors(monkeypatch):
-    q, kc, vc, bt, cl = _paged_setup([4, 40], 4, 2, 16, 8)
+def test_cpp_backend_and_its_deprecated_cuda_spelling(monkeypatch, caplog):
+    """VT_BACKEND=cpp runs paged_decode_native on CPU tensors; VT_BACKEND=cuda on CPU tensors still does, with a
+    one-time deprecation note; ops without a C++ twin under cpp use the auto choice (torch on CPU)."""
+    q, kc, vc, bt, cl = _paged_setup([4, 40, 9], 4, 2, 16, 8)
+    native = paged_decode_native(q, kc, vc, bt, cl, 0.25)
+    monkeypatch.setenv("VT_BACKEND", "cpp")
+    assert torch.equal(paged_decode_attention(q, kc, vc, bt, cl, softmax_scale=0.25), native)
+    k = torch.randn(3, 2, 16)
+    copies = [kc.clone(), vc.clone()]
+    write_kv_cache(k, k, *copies, torch.tensor([0, 9, -1]))  # no twin: the torch path
+    assert torch.equal(copies[0][1, 1], k[1]) and torch.equal(copies[1][0, 0], k[0])
     monkeypatch.setenv("VT_BACKEND", "cuda")
+    with caplog.at_level("WARNING", logger="vt_core.kernels"):
+        for _ in range(2):
+            assert torch.equal(paged_decode_attention(q, kc, vc, bt, cl, softmax_scale=0.25), native)
+    notes = [r for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(notes) <= 1 and all("VT_BACKEND=cpp" in r.getMessage() for r in notes)
+    monkeypatch.setenv("VT_BACKEND", "torch")
+    torch.testing.assert_close(paged_decode_attention(q, kc, vc, bt, cl, softmax_scale=0.25), native, atol=2e-6,
+                               rtol=1e-5)
+
+
+def test_paged_decode_native_errors(monkeypatch):
+    q, kc, vc, bt, cl = _paged_setup([4, 40], 4, 2, 16, 8)
+    monkeypatch.setenv("VT_BACKEND", "cpp")
     with pytest.raises(ValueError, match="fp32"):
         paged_decode_attention(q.half(), kc.half(), vc.half(), bt, cl)
     bad = bt.clone()
     bad[1, 2] = 999
     with pytest.raises(ValueError, match=r"block_table\[1, 2\] = 999 is not a cache block"):
-        paged_decode_cpp(q, kc, vc, bad, cl, 0.25)
+        paged_decode_native(q, kc, vc, bad, cl, 0.25)
     with pytest.raises(ValueError, match=r"context_lens\[1\] = 400 does not fit its block table"):
-        paged_decode_cpp(q, kc, vc, bt, torch.tensor([4, 400], dtype=torch.int32), 0.25)
+        paged_decode_native(q, kc, vc, bt, torch.tensor([4, 400], dtype=torch.int32), 0.25)
 
 
 def test_write_kv_cache_triton_matches_reference(monkeypatch):

@@ -1,6 +1,6 @@
 """The engine's CPU decode step: the model's forward with the C++ paged decode attention, eager or compiled.
 
-Each layer's attention is ``paged_decode_cpp`` straight on the paged cache: every sequence reads its own
+Each layer's attention is ``paged_decode_native`` straight on the paged cache: every sequence reads its own
 blocks (no gather into a contiguous mirror, no padding to the longest row, no mask). The step's own key
 and value are handed to the kernel directly (``k_new`` / ``v_new``) instead of being written first, so the
 attention is a pure function; the step returns the new keys and values of every layer and
@@ -9,10 +9,10 @@ attention is a pure function; the step returns the new keys and values of every 
 Being pure is what lets the step be compiled: ``CpuDecode(model, compile=True)`` runs it through
 ``torch.compile(dynamic=True)`` (one graph for every batch size and block-table width: a batch of one or a
 one-block table is padded to two, which Dynamo would otherwise specialise, and sizes that happen to be
-equal at the first call are not tied together), with the attention as the
-custom op ``vt_core::paged_decode_cpu``. Inductor fuses the elementwise work around the
-GEMMs (RMSNorm, RoPE, SwiGLU, residuals), which on a small model is most of a decode step's time in
-eager mode. The first compiled step takes tens of seconds (Inductor writes C++ and compiles it; later
+equal at the first call are not tied together), with the attention as the custom op
+``vt_core::paged_decode_native`` (registered in ``vt_core.kernels.attention.paged.native``). Inductor
+fuses the elementwise work around the GEMMs (RMSNorm, RoPE, SwiGLU, residuals), which on a small model is
+most of a decode step's time in eager mode. The first compiled step takes tens of seconds (Inductor writes C++ and compiles it; later
 processes reuse its on-disk cache), so compiling pays off for long generation phases: it is off unless
 the engine is asked for it (``Engine(compile_decode=True)``). Parameters are read at every call, so
 optimizer steps (in place) need no recompilation.
@@ -25,25 +25,7 @@ import contextlib
 import torch
 import torch.fx.experimental._config as fx_config
 
-from vt_core.kernels.attention.paged import paged_decode_cpp
-
-
-def _attend_with_new(q, k_new, v_new, k_cache, v_cache, block_table, context_lens, scale, threads):
-    """``paged_decode_cpp`` with the step's own k/v given (see the module docstring)."""
-    return paged_decode_cpp(q, k_cache, v_cache, block_table, context_lens, scale, threads, k_new, v_new)
-
-
-@torch.library.custom_op("vt_core::paged_decode_cpu", mutates_args=())
-def paged_decode_cpu_op(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
-                        v_cache: torch.Tensor, block_table: torch.Tensor, context_lens: torch.Tensor, scale: float,
-                        threads: int) -> torch.Tensor:
-    """``_attend_with_new`` as a torch op, which is how the compiled step calls the kernel."""
-    return _attend_with_new(q, k_new, v_new, k_cache, v_cache, block_table, context_lens, scale, threads)
-
-
-@paged_decode_cpu_op.register_fake
-def _(q, k_new, v_new, k_cache, v_cache, block_table, context_lens, scale, threads):
-    return torch.empty_like(q)
+from vt_core.kernels.attention import paged_decode_native
 
 
 class CpuDecode:
@@ -57,12 +39,12 @@ class CpuDecode:
     def _forward(self, ids, positions, k_cache, v_cache, table, ctx, threads: int):
         layers = self.model.model.layers
         ks, vs = [], []
-        attend = paged_decode_cpu_op if self.compiled else _attend_with_new
+        attend = torch.ops.vt_core.paged_decode_native if self.compiled else paged_decode_native
 
         def attention(i, q, k, v):
             ks.append(k)
             vs.append(v)
-            return attend(q, k, v, k_cache[i], v_cache[i], table, ctx, layers[i].self_attn.scale, threads)
+            return attend(q, k_cache[i], v_cache[i], table, ctx, layers[i].self_attn.scale, threads, k, v)
 
         hidden = self.model(ids, positions, None, None, attention)
         return self.model.logits(hidden), torch.stack(ks), torch.stack(vs)

@@ -47,7 +47,7 @@ from vt_core.generation.params import Completion, SamplingParams
 from vt_core.generation.sampler import sample_rows, uniforms_ahead
 from vt_core.generation.workspace import DecodeWorkspace
 from vt_core.kernels import packed_attention
-from vt_core.kernels.attention.paged import paged_decode_attention, paged_decode_cpp, write_kv_cache
+from vt_core.kernels.attention import paged_decode_attention, paged_decode_native, write_kv_cache
 from vt_core.kernels.sampling import sample_prevalidated
 
 _MASK64 = (1 << 64) - 1
@@ -370,7 +370,7 @@ class Engine:
 
             def attention(i, q, k, v):
                 cache.write(i, slot_t, k, v)
-                return paged_decode_cpp(q, cache.k[i], cache.v[i], table, ctx, layers[i].self_attn.scale)
+                return paged_decode_native(q, cache.k[i], cache.v[i], table, ctx, layers[i].self_attn.scale)
         else:
             def attention(i, q, k, v):
                 write_kv_cache(k, v, cache.k[i], cache.v[i], slot_t)

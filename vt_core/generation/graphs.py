@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from vt_core.generation.cache import block_table
-from vt_core.kernels.attention.paged import paged_decode_attention, write_kv_cache
+from vt_core.kernels.attention import paged_decode_attention, write_kv_cache
 from vt_core.kernels.sampling import sample_prevalidated
 
 

@@ -1,4 +1,9 @@
-"""Pure-torch references for packed attention: the CPU path, the test oracle and the bench baseline."""
+"""Packed attention, pure torch: the CPU path and the benchmark baseline (``packed_attention_chunked``).
+
+Documents are the chunks: each goes through SDPA on its own, documents of similar length batched into one
+padded call. ``packed_attention_reference`` is the same function under its former public name
+(``vt_core.kernels.__all__``).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ def _length_buckets(lengths: list[int]) -> list[list[int]]:
     return buckets
 
 
-def packed_attention_reference(
+def packed_attention_chunked(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -75,3 +80,7 @@ def packed_attention_reference(
     if not pieces:
         return q.new_zeros(q.shape)
     return q.new_zeros(q.shape).index_copy(0, torch.cat(rows), torch.cat(pieces).to(q.dtype))
+
+
+packed_attention_reference = packed_attention_chunked
+"""Former name of :func:`packed_attention_chunked`, kept in ``vt_core.kernels.__all__``."""

@@ -1,4 +1,4 @@
-"""Triton flash attention over packed documents (varlen): forward and backward (dq, dk, dv).
+"""Packed attention, Triton: the varlen flash-attention kernels, their ``_fwd``/``_bwd`` launchers and CUDA tables.
 
 Layout: q [T, H, d], k/v [T, Hkv, d] contiguous, documents delimited by cu_seqlens int32 [B+1].
 Grid of the forward and dq kernels: (query block within a document, document, q head); of the dk/dv
@@ -12,8 +12,6 @@ Softmax runs in base 2: scores are scaled by ``softmax_scale * log2(e)`` and the
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import triton
@@ -284,29 +282,3 @@ def packed_attention_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, causal, so
         q, k, v, do, lse, delta, dk, dv, cu_seqlens, *scales, **consts, **cfg
     )
     return dq, dk, dv
-
-
-class PackedAttentionFunction(torch.autograd.Function):
-    """Autograd wiring of the Triton varlen kernels (inputs already checked and made contiguous)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, window):
-        o, lse = packed_attention_fwd(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, window)
-        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
-        ctx.args = (max_seqlen, causal, softmax_scale, window)
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv = packed_attention_bwd(do.contiguous(), q, k, v, o, lse, cu_seqlens, *ctx.args)
-        return dq, dk, dv, None, None, None, None, None
-
-
-def packed_attention_triton(q, k, v, cu_seqlens, max_seqlen, causal=True, softmax_scale=None, window=None):
-    """Triton path of ``packed_attention`` (see there for shapes and semantics)."""
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    return PackedAttentionFunction.apply(
-        q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens.to(torch.int32).contiguous(),
-        int(max_seqlen), causal, float(scale), window,
-    )
