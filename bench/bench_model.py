@@ -14,8 +14,8 @@ on the real tokens, and backward:
 
 With right padding and causal attention the real tokens see exactly the same context in all three, so
 the losses agree (checked, and recorded). tokens/s counts real tokens only. On CPU the contenders' timed
-calls are interleaved (harness.measure_many), so load from other work on the machine hits all alike. The loss is a plain chunked
-cross-entropy (logsumexp per token chunk, each chunk recomputed in backward), the same for everyone.
+calls are interleaved (harness.measure_many), so load from other work on the machine hits all alike. The loss
+is a plain chunked cross-entropy (logsumexp per token chunk, each chunk recomputed in backward), the same for everyone.
 
 GPU shape (``--device cuda``, what gpu_check.sh runs): a Qwen2-shaped model with Qwen2.5-0.5B's layer
 (hidden 896, MLP 4864, 14 q / 2 kv heads) but 8 layers and a 32768 vocabulary (~150M parameters), bf16;

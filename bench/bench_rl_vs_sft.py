@@ -72,7 +72,8 @@ def main() -> None:
                         help="run folder for the three trainings (default runs/bench_rl_vs_sft; --quick: a temporary "
                              "folder, so smoke runs leave nothing in the tree)")
     parser.add_argument("--reuse-rl", action="store_true",
-                        help="take the main job's result from a finished run in WORK/rl (rl.log + metrics) instead of rerunning it")
+                        help="take the main job's result from a finished run in WORK/rl (rl.log + metrics) "
+                             "instead of rerunning it")
     args = parser.parse_args()
     if args.device != "cpu":
         raise SystemExit("bench_rl_vs_sft measures the embedded CPU default (--device cpu)")
@@ -90,8 +91,9 @@ def main() -> None:
 
     # 1. The main job.
     rl_dir = work / "rl"
-    main_job = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "recipes/rl_code.py",
-                "--run.out_dir", str(rl_dir), "--run.progress", "false", *(quick if args.quick else [])]
+    main_job = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                "recipes/rl_code.py", "--run.out_dir", str(rl_dir), "--run.progress", "false",
+                *(quick if args.quick else [])]
     text = (work / "rl.log").read_text() if args.reuse_rl else run(main_job, work / "rl.log")
     rl_eval = parse_eval(text)
     steps = [json.loads(line) for line in (rl_dir / "metrics.jsonl").read_text().splitlines()]

@@ -8,8 +8,9 @@ Contenders run the same programs with the same interpreter flags (``python -I -S
 - sandbox: ``vt_core.sandbox.run_python`` (namespaces, uid switch, rlimits, private /tmp); for the
   10-test problem, ``vt_core.rewards.code_reward`` (one sandbox run, the harness forks one child per test).
 Figures: single-run latency (harness.measure), executions/s with ``--workers`` threads (2 cores), and
-the overhead ratio sandbox / plain (also as the median of alternating pairs, which load drift cannot skew). ``--soak N`` additionally runs N mixed executions through a
-SandboxPool and records what the host holds before and after (record sandbox_soak_cpu.json).
+the overhead ratio sandbox / plain (also as the median of alternating pairs, which load drift cannot skew).
+``--soak N`` additionally runs N mixed executions through a SandboxPool and records what the host holds
+before and after (record sandbox_soak_cpu.json).
 """
 
 from __future__ import annotations

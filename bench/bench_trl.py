@@ -94,9 +94,9 @@ from vt_core.eval import encode_prompt  # noqa: E402
 from vt_core.rewards.scorer import RewardScorer  # noqa: E402
 from vt_core.tasks import generate_tasks, load_tasks  # noqa: E402
 from vt_core.tasks.code_problems import TRAIN_SEED  # noqa: E402
-from vt_core.trainer.common import ModelSection, OptimSection, RunSection  # noqa: E402
-from vt_core.trainer.rl import AlgoSection, GenSection, RLConfig, RLData, RLTrainer  # noqa: E402
-from vt_core.trainer.sft import SFTConfig, SFTData, SFTTrainer, load_sft_examples  # noqa: E402
+from vt_core.trainer.common import TrainModelConfig, OptimConfig, RunConfig  # noqa: E402
+from vt_core.trainer.rl import RLAlgoConfig, RLGenConfig, RLConfig, RLDataConfig, RLTrainer  # noqa: E402
+from vt_core.trainer.sft import SFTConfig, SFTDataConfig, SFTTrainer, load_sft_examples  # noqa: E402
 
 BETAS = (0.9, 0.95)
 MAX_GRAD_NORM = 1.0
@@ -227,10 +227,10 @@ def trl_common_args(out: Path, lr: float, seed: int) -> dict:
 
 
 def vt_sections(folder: Path, out: Path, lr: float, seed: int) -> dict:
-    return dict(model=ModelSection(path=str(folder), bf16=False),
-                optim=OptimSection(lr=lr, betas=BETAS, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0,
+    return dict(model=TrainModelConfig(path=str(folder), bf16=False),
+                optim=OptimConfig(lr=lr, betas=BETAS, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0,
                                    max_grad_norm=MAX_GRAD_NORM),
-                run=RunSection(out_dir=str(out), max_steps=10_000, seed=seed, device="cpu", progress=False))
+                run=RunConfig(out_dir=str(out), max_steps=10_000, seed=seed, device="cpu", progress=False))
 
 
 # -- RL ---------------------------------------------------------------------------------------------
@@ -242,11 +242,11 @@ def rl_contenders(args, folder: Path, work: Path, steps_total: int):
     pool = train_rows(args.prompts * steps_total)
     by_id = {r["id"]: r for r in pool}
     cfg = RLConfig(**vt_sections(folder, work / "vt_rl", args.rl_lr, args.seed),
-                   data=RLData(path=str(write_jsonl(pool, work / "rl_pool.jsonl")), domain="code",
+                   data=RLDataConfig(path=str(write_jsonl(pool, work / "rl_pool.jsonl")), domain="code",
                                prompts_per_step=args.prompts, group_size=args.group),
-                   gen=GenSection(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.new_tokens,
+                   gen=RLGenConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.new_tokens,
                                   kv_cache_tokens=KV_CACHE_TOKENS, reward_workers=args.reward_workers),
-                   algo=AlgoSection(estimator="grpo", drop_zero_variance=False,
+                   algo=RLAlgoConfig(estimator="grpo", drop_zero_variance=False,
                                     share_prompts=args.share_prompts == "true"))
     vt = RLTrainer(cfg)
     vt_extra: list[dict] = []
@@ -258,7 +258,7 @@ def rl_contenders(args, folder: Path, work: Path, steps_total: int):
         metrics = vt.train_on(roll, adv, keep, stats)
         if metrics.get("skipped"):
             raise RuntimeError(f"vt_core RL step skipped its update: {metrics}")
-        vt_extra.append({"gen_s": roll["gen_s"], "score_s": roll["score_s"], "train_s": time.perf_counter() - t0,
+        vt_extra.append({"gen_s": roll.gen_s, "score_s": roll.score_s, "train_s": time.perf_counter() - t0,
                          "response_len": stats["response_len"], "reward": stats["reward"]})
 
     trl_scorer = RewardScorer(max_workers=args.reward_workers)
@@ -319,7 +319,7 @@ def sft_contenders(args, folder: Path, work: Path, steps_total: int):
     from trl import SFTTrainer as TRLSFTTrainer
 
     rows = train_rows(args.sft_batch * steps_total)
-    data = SFTData(path=str(write_jsonl(rows, work / "sft_pool.jsonl")), completion_field="solution",
+    data = SFTDataConfig(path=str(write_jsonl(rows, work / "sft_pool.jsonl")), completion_field="solution",
                    examples_per_step=args.sft_batch, max_tokens=4096)
     vt = SFTTrainer(SFTConfig(**vt_sections(folder, work / "vt_sft", args.sft_lr, args.seed), data=data))
     tokens: dict[str, list[int]] = {"vt_core": []}
@@ -495,7 +495,8 @@ def optin_sft(args, folder: Path, work: Path, errors: dict):
         trainer = TRLSFTTrainer(model=str(folder), args=cfg, train_dataset=Dataset.from_list(rows),
                                 processing_class=load_tokenizer(folder))
         trainer.model.train()
-        batch = batch_box.setdefault("batch", trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))]))
+        examples = [trainer.train_dataset[i] for i in range(len(rows))]
+        batch = batch_box.setdefault("batch", trainer.data_collator(examples))
 
         def step() -> None:
             trainer.model.zero_grad(set_to_none=True)
@@ -565,7 +566,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip", choices=("rl", "sft"), default=None, help="leave one comparison out")
     parser.add_argument("--optin", action="store_true",
                         help="instead: TRL stock / + Liger / + vt_core's opt-in on fixed batches (record trl_optin)")
-    parser.add_argument("--optin-vocab", type=int, default=None, help="--optin vocabulary (default 32768; --quick 2048)")
+    parser.add_argument("--optin-vocab", type=int, default=None,
+                        help="--optin vocabulary (default 32768; --quick 2048)")
     parser.add_argument("--optin-batch", type=int, default=None, help="--optin batch (default 8; --quick 4)")
     parser.add_argument("--optin-completion", type=int, default=None,
                         help="--optin GRPO max completion tokens (default 256; --quick 16)")

@@ -45,7 +45,8 @@ def grpo_trainer(model_path, tmp_path, **kw):
     args = GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=2,
                       max_completion_length=C, report_to=[], use_cpu=True, gradient_checkpointing=False,
                       temperature=0.9, bf16=False, **kw)
-    trainer = GRPOTrainer(model=model_path, reward_funcs=_reward, args=args, processing_class=load_tokenizer(model_path),
+    trainer = GRPOTrainer(model=model_path, reward_funcs=_reward, args=args,
+                          processing_class=load_tokenizer(model_path),
                           train_dataset=Dataset.from_list([{"prompt": "hi"}] * 8))
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 2  # as inside train(); both paths divide by it

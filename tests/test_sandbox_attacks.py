@@ -33,7 +33,8 @@ def fenced(code: str) -> str:
 
 
 PROBE = """import json, os, resource
-lim = {n: resource.getrlimit(getattr(resource, 'RLIMIT_' + n)) for n in ('NPROC', 'AS', 'CPU', 'FSIZE', 'NOFILE', 'CORE')}
+names = ('NPROC', 'AS', 'CPU', 'FSIZE', 'NOFILE', 'CORE')
+lim = {n: resource.getrlimit(getattr(resource, 'RLIMIT_' + n)) for n in names}
 print(json.dumps({'pid': os.getpid(), 'uid': os.getuid(), 'euid': os.geteuid(), 'gid': os.getgid(),
                   'procs': sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), 'lim': lim}))
 """
@@ -122,7 +123,8 @@ def test_runaway_programs_time_out(attack):
 
 FORK_BOMBS = {
     "os_fork": "while True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
-    "subprocess": "import subprocess\nwhile True:\n    try:\n        subprocess.Popen([sys.executable, '-S', 'solution.py'])\n"
+    "subprocess": "import subprocess\nwhile True:\n    try:\n"
+                  "        subprocess.Popen([sys.executable, '-S', 'solution.py'])\n"
                   "    except OSError:\n        pass",
     "shell": "os.system(\"bash -c ':(){ :|:& };:'\")\nwhile True: pass",
 }

@@ -203,15 +203,15 @@ def _loop_doc(rng: random.Random) -> str:
     v, w = rng.sample(VARS[:9], 2)
     lines = [
         f"def {rng.choice(NAMES)}({v}, {w}):",
-        f"    result = []",
+        "    result = []",
         f"    for i in range({v}):",
         f"        if i % {rng.randint(2, 5)} == 0:",
         f"            result.append(i * {w})",
         f"        elif i > {rng.randint(1, 20)}:",
-        f"            continue",
-        f"        else:",
+        "            continue",
+        "        else:",
         f"            result.append({w} - i)",
-        f"    return result",
+        "    return result",
         "",
         f"print({rng.choice(NAMES)}({rng.randint(1, 12)}, {rng.randint(-9, 9)}))",
     ]

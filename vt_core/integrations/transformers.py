@@ -81,7 +81,8 @@ def packed_attention_forward(
 
     if attention_mask is not None:
         if attention_mask.dim() != 2:
-            raise ValueError(f"{ATTN_IMPLEMENTATION}: expected a 2-D padding mask [B, S], got {tuple(attention_mask.shape)}")
+            raise ValueError(f"{ATTN_IMPLEMENTATION}: expected a 2-D padding mask [B, S], "
+                             f"got {tuple(attention_mask.shape)}")
         keep = attention_mask.reshape(-1).bool()
         idx = keep.nonzero().reshape(-1)
         lens = attention_mask.bool().sum(1)
@@ -108,4 +109,5 @@ def register_packed_attention(name: str = ATTN_IMPLEMENTATION) -> str:
     return name
 
 
-__all__ = ["ATTN_IMPLEMENTATION", "cu_seqlens_from_position_ids", "packed_attention_forward", "register_packed_attention"]
+__all__ = ["ATTN_IMPLEMENTATION", "cu_seqlens_from_position_ids", "packed_attention_forward",
+           "register_packed_attention"]

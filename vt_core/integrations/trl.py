@@ -192,7 +192,9 @@ class _Integration:
             return type(t)._compute_loss(t, model, inputs)
         completion_ids = inputs["completion_ids"]
         B, C = completion_ids.shape
-        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
         keep = mask.bool()
         lengths = keep.sum(1)
         cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
