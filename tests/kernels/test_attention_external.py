@@ -36,7 +36,8 @@ def _fake_flash_attn(calls):
     def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
                                causal, window_size):
         calls.append({"cu_dtype": cu_seqlens_q.dtype, "max": max_seqlen_q, "window": window_size, "causal": causal})
-        doc = torch.repeat_interleave(torch.arange(len(cu_seqlens_q) - 1), (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long())
+        lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
+        doc = torch.repeat_interleave(torch.arange(len(cu_seqlens_q) - 1), lens)
         i, j = torch.arange(q.shape[0])[:, None], torch.arange(q.shape[0])[None, :]
         allowed = doc[:, None] == doc[None, :]
         left, right = window_size

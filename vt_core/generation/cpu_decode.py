@@ -11,10 +11,10 @@ Being pure is what lets the step be compiled: ``CpuDecode(model, compile=True)``
 one-block table is padded to two, which Dynamo would otherwise specialise, and sizes that happen to be
 equal at the first call are not tied together), with the attention as the custom op
 ``vt_core::paged_decode_native`` (registered in ``vt_core.kernels.attention.paged.native``). Inductor
-fuses the elementwise work around the GEMMs (RMSNorm, RoPE, SwiGLU, residuals), which on a small model is
-most of a decode step's time in eager mode. The first compiled step takes tens of seconds (Inductor writes C++ and compiles it; later
-processes reuse its on-disk cache), so compiling pays off for long generation phases: it is off unless
-the engine is asked for it (``Engine(compile_decode=True)``). Parameters are read at every call, so
+fuses the elementwise work around the GEMMs (RMSNorm, RoPE, SwiGLU, residuals), which on a small model is most
+of a decode step's time in eager mode. The first compiled step takes tens of seconds (Inductor writes C++ and
+compiles it; later processes reuse its on-disk cache), so compiling pays off for long generation phases: it is
+off unless the engine is asked for it (``Engine(compile_decode=True)``). Parameters are read at every call, so
 optimizer steps (in place) need no recompilation.
 """
 

@@ -27,7 +27,8 @@ Why a different packing in the trainer gives the same bits (fp32, CPU; checked b
   ``gen.exact_logprobs``) for the guarantee to cover them.
 
 Cost: one forward over every prompt + completion token (a prefill-shaped pass, no KV cache) plus the LM
-head on the completion tokens, measured by bench/bench_engine.py (``rescore_share``). What it does not cover: the token was *sampled* from the decode path's logits, so
+head on the completion tokens, measured by bench/bench_engine.py (``rescore_share``). What it does not cover:
+the token was *sampled* from the decode path's logits, so
 the sampling distribution differs from the trainer's by that ~1e-7 (the recorded logprobs, and so the
 importance ratios, are exact; ``processed_logprobs`` stay the decode path's).
 """

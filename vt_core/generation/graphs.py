@@ -121,7 +121,8 @@ class BucketedDecode:
 
         def attention(i, q, k, v):
             write_kv_cache(k, v, cache.k[i], cache.v[i], slots)
-            return paged_decode_attention(q, cache.k[i], cache.v[i], st.table, ctx, softmax_scale=layers[i].self_attn.scale)
+            return paged_decode_attention(q, cache.k[i], cache.v[i], st.table, ctx,
+                                          softmax_scale=layers[i].self_attn.scale)
 
         hidden = self.model(st.ids, pos, None, None, attention)
         logits = self.model.logits(hidden)

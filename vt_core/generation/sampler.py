@@ -10,15 +10,19 @@ the row's parameters. Most RL rows use neither: this module routes each row by i
 Each path computes, for its rows, the same float operations as ``sample`` does for them (a filter that
 keeps every token is skipped, which leaves the values unchanged), so tokens and both logprobs are
 bitwise those of ``sample`` (tests/test_engine.py checks it), and a row's result still depends only on
-its own logits, parameters, seed and offset.
+its own logits, parameters, seed and offset. :func:`draw` is the engine's entry: it sends CUDA logits to the
+fused sampling kernel and routes CPU rows as above.
 """
 
 from __future__ import annotations
 
 import torch
 
+from vt_core.generation.graphs import to_device
 from vt_core.kernels import sample
-from vt_core.kernels.sampling import philox_uniform
+from vt_core.kernels.sampling import philox_uniform, sample_prevalidated
+
+UNIFORMS_AHEAD = 64  # Philox uniforms computed per sample at once (one RNG call per 64 tokens instead of per token)
 
 
 def _untruncated(logits, temperature, min_p, u):
@@ -87,15 +91,42 @@ def sample_rows(logits: torch.Tensor, params: list, seeds: list[int], offsets: l
             if uniforms is not None and all(uniforms[b] is not None for b in rows):
                 u = col([uniforms[b] for b in rows], torch.float64)
             else:
-                u = philox_uniform(col([seeds[b] for b in rows], torch.int64), col([offsets[b] for b in rows], torch.int64))
+                u = philox_uniform(col([seeds[b] for b in rows], torch.int64),
+                                   col([offsets[b] for b in rows], torch.int64))
             out = _untruncated(sub, col([p.temperature for p in ps], torch.float32),
                                col([p.min_p for p in ps], torch.float32), u)
         else:
             out = sample(sub, temperature=col([p.temperature for p in ps], torch.float32),
                          top_k=col([p.top_k for p in ps], torch.int64), top_p=col([p.top_p for p in ps], torch.float32),
-                         min_p=col([p.min_p for p in ps], torch.float32), seeds=col([seeds[b] for b in rows], torch.int64),
+                         min_p=col([p.min_p for p in ps], torch.float32),
+                         seeds=col([seeds[b] for b in rows], torch.int64),
                          offsets=col([offsets[b] for b in rows], torch.int64))
         if whole:
             return out
         tokens[idx], raw[idx], proc[idx] = out
     return tokens, raw, proc
+
+
+def draw(seqs: list, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One token per sample of ``seqs`` (``vt_core.generation.sequence.Sequence``) from logits [len(seqs), V]
+    on the device: the fused kernel on CUDA; on CPU :func:`sample_rows`, with each plain row's Philox uniforms
+    buffered ``UNIFORMS_AHEAD`` offsets at a time on its sequence. Returns (tokens int64, raw fp32, processed fp32)."""
+    offsets = [s.sampled for s in seqs]
+    if logits.device.type != "cpu":
+        def col(values, dtype):
+            return to_device(torch.tensor(values, dtype=dtype), logits.device)
+
+        ps = [s.params for s in seqs]
+        return sample_prevalidated(logits, col([p.temperature for p in ps], torch.float32),
+                                   col([p.top_k for p in ps], torch.int64), col([p.top_p for p in ps], torch.float32),
+                                   col([p.min_p for p in ps], torch.float32), col([s.seed for s in seqs], torch.int64),
+                                   col(offsets, torch.int64))
+    V = logits.shape[1]
+    plain = [s.params.temperature > 0 and not 0 < s.params.top_k < V and s.params.top_p >= 1.0 for s in seqs]
+    refill = [r for r, s in enumerate(seqs) if plain[r] and not 0 <= offsets[r] - s.uniforms_from < len(s.uniforms)]
+    if refill:
+        ahead = uniforms_ahead([seqs[r].seed for r in refill], [offsets[r] for r in refill], UNIFORMS_AHEAD)
+        for r, values in zip(refill, ahead):
+            seqs[r].uniforms, seqs[r].uniforms_from = values, offsets[r]
+    uniforms = [s.uniforms[o - s.uniforms_from] if p else None for s, o, p in zip(seqs, offsets, plain)]
+    return sample_rows(logits, [s.params for s in seqs], [s.seed for s in seqs], offsets, uniforms)

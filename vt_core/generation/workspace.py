@@ -113,7 +113,8 @@ class DecodeWorkspace:
                 start = r
         rows_t = torch.tensor(rows, device=dev)
         heads = torch.arange(hkv, device=dev)
-        flat = ((rows_t[:, None] * hkv + heads[None, :]) * cap + torch.tensor(positions, device=dev)[:, None]).reshape(-1)
+        pos_t = torch.tensor(positions, device=dev)
+        flat = ((rows_t[:, None] * hkv + heads[None, :]) * cap + pos_t[:, None]).reshape(-1)
         return DecodePlan(rows_t, flat, rows == list(range(R)), groups)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: DecodePlan,
