@@ -31,9 +31,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from vt_core.model import ModelConfig, _resolve_dtype
-from vt_core.model_io import COMPANION_FILES, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, SINGLE_FILE, _plan_shards
-from vt_core.model_io import checkpoint_files, names_by_file, read_config
+from vt_core.model_config import ModelConfig
+from vt_core.model_io import (
+    COMPANION_FILES,
+    DEFAULT_MAX_SHARD_BYTES,
+    INDEX_FILE,
+    SINGLE_FILE,
+    checkpoint_files,
+    names_by_file,
+    plan_shards,
+    read_config,
+    resolve_dtype,
+)
 
 # Files that define the token <-> id mapping; chat templates and generation settings may differ freely.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
@@ -193,7 +202,7 @@ def merge_checkpoints(
         raise MergeError(f"output {output!r} is one of the inputs; write the merge to a new folder")
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"output {output!r} exists; pass overwrite=True (--overwrite) to replace it")
-    out_dtype = None if dtype is None else _resolve_dtype(dtype)
+    out_dtype = None if dtype is None else resolve_dtype(dtype)
     indexes = check_compatible(inputs, check_tokenizer)
     ref = indexes[0]
 
@@ -201,7 +210,7 @@ def merge_checkpoints(
         return out_dtype if out_dtype is not None and info.dtype.is_floating_point else info.dtype
 
     sizes = {name: math.prod(info.shape) * target_dtype(info).itemsize for name, info in ref.items()}
-    shards = _plan_shards(sizes, max_shard_bytes)
+    shards = plan_shards(sizes, max_shard_bytes)
     files = [SINGLE_FILE] if len(shards) == 1 else [
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
     ]

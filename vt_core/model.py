@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,114 +24,19 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vt_core.kernels import packed_attention
-from vt_core.model_io import DEFAULT_MAX_SHARD_BYTES, assign_tensors, checkpoint_files, iter_tensors, read_config
-from vt_core.model_io import save_checkpoint
-from vt_core.rope import Rotary, apply_rope, rope_parameters
-
-ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
-_ACTIVATIONS = {
-    "silu": F.silu,
-    "swish": F.silu,
-    "gelu": F.gelu,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-}
+from vt_core.model_config import ACTIVATIONS, ARCHITECTURES, ModelConfig
+from vt_core.model_io import (
+    DEFAULT_MAX_SHARD_BYTES,
+    assign_tensors,
+    checkpoint_files,
+    iter_tensors,
+    read_config,
+    resolve_dtype,
+    save_checkpoint,
+)
+from vt_core.rope import Rotary, apply_rope
 
 AttentionFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class ModelConfig:
-    """Architecture of a decoder, parsed from a Hugging Face ``config.json`` dict (see :meth:`from_hf`)."""
-
-    model_type: str
-    """"qwen2" (Qwen2, Qwen2.5, Qwen2.5-Coder) or "llama"."""
-    vocab_size: int
-    hidden_size: int
-    """Model width D."""
-    intermediate_size: int
-    """SwiGLU inner width."""
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    """GQA: query heads are a multiple of it."""
-    head_dim: int
-    rms_norm_eps: float
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    """True: the LM head is the embedding matrix (no ``lm_head.weight`` tensor)."""
-    qkv_bias: bool
-    """Bias on q/k/v projections (always for Qwen2; ``attention_bias`` for Llama)."""
-    o_bias: bool
-    """Bias on the output projection (Llama's ``attention_bias``; never for Qwen2)."""
-    mlp_bias: bool
-    hidden_act: str
-    rope: dict
-    """Normalized RoPE parameters: ``rope_type``, ``rope_theta`` and the type's own keys."""
-    sliding_windows: list
-    """Per layer: the sliding window in tokens, or None for full attention."""
-    initializer_range: float = 0.02
-    """Std of the normal init used by :func:`from_config`."""
-    hf_config: dict = field(default_factory=dict, repr=False)
-    """The original config dict, written back by ``save``."""
-
-    @classmethod
-    def from_hf(cls, cfg: Mapping, source: str = "config") -> ModelConfig:
-        """Parse a transformers config dict (old ``rope_scaling``/``rope_theta`` or new ``rope_parameters``)."""
-        model_type = cfg.get("model_type")
-        if model_type not in ARCHITECTURES:
-            raise ValueError(
-                f"{source}: unsupported model_type {model_type!r}; supported: {', '.join(sorted(ARCHITECTURES))}"
-            )
-        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-        absent = [k for k in required if cfg.get(k) is None]
-        if absent:
-            raise ValueError(f"{source}: missing required field(s) {', '.join(absent)}")
-        heads = int(cfg["num_attention_heads"])
-        kv_heads = int(cfg.get("num_key_value_heads") or heads)
-        if heads % kv_heads:
-            raise ValueError(
-                f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
-            )
-        hidden = int(cfg["hidden_size"])
-        head_dim = int(cfg.get("head_dim") or hidden // heads)
-        layers = int(cfg["num_hidden_layers"])
-        act = cfg.get("hidden_act", "silu")
-        if act not in _ACTIVATIONS:
-            raise ValueError(f"{source}: unsupported hidden_act {act!r}; supported: {', '.join(_ACTIVATIONS)}")
-        is_qwen = model_type == "qwen2"
-        max_pos = int(cfg.get("max_position_embeddings") or (32768 if is_qwen else 2048))
-        attention_bias = bool(cfg.get("attention_bias", False))
-        return cls(
-            model_type=model_type,
-            vocab_size=int(cfg["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(cfg["intermediate_size"]),
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            head_dim=head_dim,
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=max_pos,
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=True if is_qwen else attention_bias,
-            o_bias=False if is_qwen else attention_bias,
-            mlp_bias=False if is_qwen else bool(cfg.get("mlp_bias", False)),
-            hidden_act=act,
-            rope=rope_parameters(cfg, max_pos, source),
-            sliding_windows=_sliding_windows(cfg, layers, is_qwen),
-            initializer_range=float(cfg.get("initializer_range", 0.02)),
-            hf_config=dict(cfg),
-        )
-
-
-def _sliding_windows(cfg: Mapping, layers: int, is_qwen: bool) -> list:
-    if not is_qwen or not cfg.get("use_sliding_window") or cfg.get("sliding_window") is None:
-        return [None] * layers
-    window = int(cfg["sliding_window"])
-    kinds = cfg.get("layer_types") or [
-        "sliding_attention" if i >= cfg.get("max_window_layers", 28) else "full_attention" for i in range(layers)
-    ]
-    return [window if kind == "sliding_attention" else None for kind in kinds]
 
 
 class RMSNorm(nn.Module):
@@ -187,7 +91,7 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(D, inner, bias=bias)
         self.up_proj = nn.Linear(D, inner, bias=bias)
         self.down_proj = nn.Linear(inner, D, bias=bias)
-        self.act = _ACTIVATIONS[config.hidden_act]
+        self.act = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
@@ -334,7 +238,7 @@ class CausalLM(nn.Module):
         tensors = dict(self.state_dict() if state_dict is None else state_dict)
         if self.config.tie_word_embeddings:
             tensors.pop("lm_head.weight", None)
-        dtype = None if dtype is None else _resolve_dtype(dtype)
+        dtype = None if dtype is None else resolve_dtype(dtype)
         return save_checkpoint(
             path, self.hf_config(dtype), tensors, max_shard_bytes, companion_from=self.source_path, dtype=dtype
         )
@@ -355,21 +259,10 @@ class CausalLM(nn.Module):
                 module.weight.fill_(1.0)
 
 
-def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-            raise ValueError(f"dtype {dtype!r} is not a torch floating-point dtype (e.g. 'bfloat16', 'float32')")
-        return resolved
-    return dtype
-
-
 def _empty_model(config: ModelConfig, dtype: torch.dtype | str | None, device) -> CausalLM:
     with torch.device("meta"):
         model = CausalLM(config)
-    return model.to(_resolve_dtype(dtype)).to_empty(device=device or "cpu")
+    return model.to(resolve_dtype(dtype)).to_empty(device=device or "cpu")
 
 
 def _parse(config: ModelConfig | Mapping | str | os.PathLike) -> tuple[ModelConfig, str | None]:

@@ -131,7 +131,21 @@ def assign_tensors(
         raise ValueError(f"{source}: missing tensors: {', '.join(missing)}")
 
 
-def _plan_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """A torch floating-point dtype from a dtype or its name ("bfloat16", "torch.float16"); None gives float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+            raise ValueError(f"dtype {dtype!r} is not a torch floating-point dtype (e.g. 'bfloat16', 'float32')")
+        return resolved
+    return dtype
+
+
+def plan_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
+    """Tensor names (in ``sizes`` order) grouped into shards of at most ``max_shard_bytes`` (a tensor larger than
+    that gets a shard of its own)."""
     shards: list[list[str]] = [[]]
     size = 0
     for name, nbytes in sizes.items():
@@ -171,7 +185,7 @@ def save_checkpoint(
         return dtype if dtype is not None and t.is_floating_point() else t.dtype
 
     sizes = {name: t.numel() * out_dtype(t).itemsize for name, t in tensors.items()}
-    shards = _plan_shards(sizes, max_shard_bytes)
+    shards = plan_shards(sizes, max_shard_bytes)
     files = [SINGLE_FILE] if len(shards) == 1 else [
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
     ]
