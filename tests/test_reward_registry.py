@@ -268,3 +268,13 @@ def test_submit_group_scores_a_group_in_one_call(temp_verifier, mode):
     assert scorer.stats["completed"] == 7
     if mode == "thread":
         assert GROUP_CALLS == [3]  # one call for the whole group (in process mode it ran in the child)
+
+
+def test_is_correct_is_one_threshold_for_floats_and_tensors():
+    import torch
+
+    from vt_core.rewards import CORRECT_THRESHOLD, is_correct
+
+    assert CORRECT_THRESHOLD == 0.5
+    assert is_correct(1.0) and not is_correct(0.0) and not is_correct(CORRECT_THRESHOLD)
+    assert is_correct(torch.tensor([0.0, 0.5, 0.75, 1.0])).tolist() == [False, False, True, True]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from vt_core.rewards.base import RewardResult
+from vt_core.rewards.base import CORRECT_THRESHOLD, RewardResult, is_correct
 from vt_core.rewards.registry import get_verifier, known_verifiers, register_verifier, score
 
 # Public names served from submodules on first access (keeps `import vt_core.rewards` light).
@@ -25,7 +25,8 @@ _LAZY = {
     "long2short": "vt_core.rewards.shaping",
 }
 
-__all__ = ["RewardResult", "get_verifier", "known_verifiers", "register_verifier", "score", *_LAZY]
+__all__ = ["CORRECT_THRESHOLD", "RewardResult", "is_correct", "get_verifier", "known_verifiers", "register_verifier",
+           "score", *_LAZY]
 
 
 def __getattr__(name: str):

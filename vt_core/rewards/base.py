@@ -1,8 +1,20 @@
-"""The result every verifier returns."""
+"""The result every verifier returns, and what counts as a correct one."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+CORRECT_THRESHOLD = 0.5
+"""A verifier's reward above this is a correct completion: binary verifiers give 0.0 or 1.0, and a reward
+between them (partial credit) counts as correct only when above one half. It applies to the verifier's
+reward, never to a shaped one (overlong penalty, Long2Short move rewards by up to their coefficient)."""
+
+
+def is_correct(reward):
+    """Whether ``reward`` counts as correct (above :data:`CORRECT_THRESHOLD`): pass@k, the RL pass rate,
+    Long2Short's correct set and rejection sampling all use it. ``reward`` is a float (returns a bool) or
+    a tensor of rewards (returns a bool tensor of the same shape)."""
+    return reward > CORRECT_THRESHOLD
 
 
 @dataclass

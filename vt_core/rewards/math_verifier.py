@@ -152,7 +152,7 @@ def _check(gold_texts: list[str], pred_text: str) -> dict:
     return {"correct": False, "reason": "answer is not equivalent to the gold answer", "parsed": parsed}
 
 
-def _worker_main() -> None:
+def worker_main() -> None:
     """Entry point of a worker subprocess: one JSON request per stdin line, one JSON reply per stdout line."""
     import resource
 
@@ -182,7 +182,7 @@ class _WorkerDied(RuntimeError):
 
 class _Worker:
     def __init__(self, memory_mb: int):
-        code = "from vt_core.rewards.math_verifier import _worker_main; _worker_main()"
+        code = "from vt_core.rewards.math_verifier import worker_main; worker_main()"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, str(memory_mb)],
             stdin=subprocess.PIPE,

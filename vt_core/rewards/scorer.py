@@ -30,7 +30,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import multiprocessing as mp
-import os
 import pickle
 import queue
 import threading
@@ -40,86 +39,19 @@ from collections.abc import Iterator
 from typing import Callable, Hashable
 
 from vt_core.rewards.base import RewardResult
+from vt_core.rewards.calls import (
+    CHILD_STARTUP_TIMEOUT_S,
+    GroupCall,
+    Job,
+    child_main,
+    describe,
+    error_result,
+    run_verifier,
+    timeout_result,
+)
 from vt_core.rewards.registry import get_group_verifier, get_verifier, resolve_verifier_name
 
 _STOP = object()
-_CHILD_STARTUP_TIMEOUT_S = 120.0  # spawning a child and importing a verifier's module (not timed per call)
-
-
-def _describe(fn: Callable) -> str:
-    return getattr(fn, "__qualname__", None) or type(fn).__name__
-
-
-class GroupCall:
-    """A group verifier (``fn(problem, completions) -> list[RewardResult]``) queued as one job; the scorer
-    splits its list over the completions' futures (a failure or timeout of the call hits them all)."""
-
-    def __init__(self, fn: Callable, size: int):
-        self.fn, self.size = fn, size
-        self.__qualname__ = _describe(fn)
-
-    def __call__(self, problem: dict, completions: list) -> list:
-        return self.fn(problem, completions)
-
-
-def run_verifier(fn: Callable, problem: dict, completion) -> RewardResult | list[RewardResult]:
-    """Call ``fn``; an exception (or a non-RewardResult) becomes an infrastructure failure with the reason
-    recorded. A GroupCall returns one RewardResult per completion (the error result for each when the call
-    fails)."""
-    if isinstance(fn, GroupCall):
-        try:
-            results = fn(problem, completion)
-        except Exception as e:  # as below: one failing group costs its rewards, not the scorer
-            return _error_result(f"{_describe(fn)} raised {type(e).__name__}: {e}", traceback.format_exc())
-        if not (isinstance(results, list) and len(results) == fn.size
-                and all(isinstance(r, RewardResult) for r in results)):
-            return _error_result(f"{_describe(fn)} did not return {fn.size} RewardResults")
-        return results
-    try:
-        result = fn(problem, completion)
-    except Exception as e:  # a crashing verifier must cost one reward, not the scorer; the reason is kept
-        return _error_result(f"{_describe(fn)} raised {type(e).__name__}: {e}", traceback.format_exc())
-    if not isinstance(result, RewardResult):
-        return _error_result(f"{_describe(fn)} returned {type(result).__name__}, not RewardResult")
-    return result
-
-
-def _error_result(reason: str, tb: str = "") -> RewardResult:
-    return RewardResult(0.0, reasons=[reason], extra={"error": True, "traceback": tb}, infra_error=reason)
-
-
-def _timeout_result(fn: Callable, timeout_s: float) -> RewardResult:
-    reason = f"{_describe(fn)} timed out after {timeout_s:g} s"
-    return RewardResult(0.0, reasons=[reason], extra={"timed_out": True}, infra_error=reason)
-
-
-def _child_main(conn) -> None:
-    """Process-mode worker. Messages: ("load", fn) -> "loaded" (imports fn's module, untimed);
-    ("run", problem, completion) -> RewardResult of the loaded fn; None stops it."""
-    os.environ["VT_REWARDS_INLINE"] = "1"
-    conn.send("ready")
-    fn = None
-    while True:
-        msg = conn.recv()
-        if msg is None:
-            return
-        if msg[0] == "load":
-            fn = msg[1]
-            conn.send("loaded")
-        else:
-            conn.send(run_verifier(fn, msg[1], msg[2]))
-
-
-class _Job:
-    __slots__ = ("future", "fn", "problem", "completion")
-
-    def __init__(self, future: cf.Future, fn: Callable, problem: dict, completion):
-        self.future, self.fn, self.problem, self.completion = future, fn, problem, completion
-
-    @property
-    def scale(self) -> int:
-        """Completions in the job: a group job gets that many times the per-call timeout."""
-        return self.fn.size if isinstance(self.fn, GroupCall) else 1
 
 
 class RewardScorer:
@@ -151,7 +83,7 @@ class RewardScorer:
         self._counter = itertools.count()
         self._closed = False
         self._threads: list[threading.Thread] = []
-        self._running: dict[threading.Thread, tuple[_Job, float]] = {}
+        self._running: dict[threading.Thread, tuple[Job, float]] = {}
         self._abandoned: set[threading.Thread] = set()
         self._stop_watchdog = threading.Event()
         self.stats = {"submitted": 0, "completed": 0, "timeouts": 0, "errors": 0, "replaced_workers": 0}
@@ -186,7 +118,7 @@ class RewardScorer:
             self._pending[key] = future
             self.stats["submitted"] += 1
             future.add_done_callback(self._count)
-            self._queue.put(_Job(future, fn, problem, completion))  # under the lock: before any stop sentinel
+            self._queue.put(Job(future, fn, problem, completion))  # under the lock: before any stop sentinel
         return future
 
     def submit_group(self, problem: dict, completions: list[str], keys: list[Hashable] | None = None,
@@ -216,7 +148,7 @@ class RewardScorer:
                 f.add_done_callback(self._count)
                 f.set_running_or_notify_cancel()
             self.stats["submitted"] += len(futures)
-            self._queue.put(_Job(inner, GroupCall(group, len(completions)), problem, list(completions)))
+            self._queue.put(Job(inner, GroupCall(group, len(completions)), problem, list(completions)))
 
         def split(done: cf.Future) -> None:
             value = self._result_of(done)
@@ -320,7 +252,7 @@ class RewardScorer:
         t.start()
 
     @staticmethod
-    def _finish(job: _Job, result: RewardResult) -> None:
+    def _finish(job: Job, result: RewardResult) -> None:
         """Resolve the job's future unless the watchdog already did (no lock held: callbacks run here)."""
         try:
             job.future.set_result(result)
@@ -362,17 +294,17 @@ class RewardScorer:
                     # the stop sentinel the abandoned thread will never read.
                     self._start_thread(self._thread_worker)
             for _, job in late:
-                self._finish(job, _timeout_result(job.fn, self.timeout_s * job.scale))
+                self._finish(job, timeout_result(job.fn, self.timeout_s * job.scale))
 
     def _spawn_child(self):
         ctx = mp.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe()
-        proc = ctx.Process(target=_child_main, args=(child_conn,), daemon=True)
+        proc = ctx.Process(target=child_main, args=(child_conn,), daemon=True)
         proc.start()
         child_conn.close()
-        if not parent_conn.poll(_CHILD_STARTUP_TIMEOUT_S) or parent_conn.recv() != "ready":
+        if not parent_conn.poll(CHILD_STARTUP_TIMEOUT_S) or parent_conn.recv() != "ready":
             self._kill_child(proc, parent_conn)
-            raise RuntimeError(f"reward worker process did not start within {_CHILD_STARTUP_TIMEOUT_S:g} s")
+            raise RuntimeError(f"reward worker process did not start within {CHILD_STARTUP_TIMEOUT_S:g} s")
         return proc, parent_conn
 
     def _process_dispatcher(self) -> None:
@@ -391,7 +323,7 @@ class RewardScorer:
                 if not job.future.set_running_or_notify_cancel():
                     continue
                 if proc is None:
-                    self._finish(job, _error_result(spawn_error))
+                    self._finish(job, error_result(spawn_error))
                     spawn_error = None
                     continue
                 result, child_ok = self._run_in_child(proc, conn, job, job.fn is loaded)
@@ -411,27 +343,27 @@ class RewardScorer:
                     pass  # the child is gone already; _kill_child reaps it
                 self._kill_child(proc, conn)
 
-    def _run_in_child(self, proc, conn, job: _Job, is_loaded: bool) -> tuple[RewardResult, bool]:
+    def _run_in_child(self, proc, conn, job: Job, is_loaded: bool) -> tuple[RewardResult, bool]:
         """Run one job in the child: (result, whether the child is still usable with job.fn loaded).
 
         A pickling failure happens before anything is written, so it leaves the child usable but
         without job.fn; it is then replaced anyway, which keeps the bookkeeping simple.
         """
-        name = _describe(job.fn)
+        name = describe(job.fn)
         try:
             if not is_loaded:
                 conn.send(("load", job.fn))
-                if not conn.poll(_CHILD_STARTUP_TIMEOUT_S) or conn.recv() != "loaded":
-                    return _error_result(f"{name} could not be loaded in a worker process"), False
+                if not conn.poll(CHILD_STARTUP_TIMEOUT_S) or conn.recv() != "loaded":
+                    return error_result(f"{name} could not be loaded in a worker process"), False
             conn.send(("run", job.problem, job.completion))
             if conn.poll(None if self.timeout_s is None else self.timeout_s * job.scale):
                 return conn.recv(), True
-            return _timeout_result(job.fn, self.timeout_s * job.scale), False
+            return timeout_result(job.fn, self.timeout_s * job.scale), False
         except (EOFError, BrokenPipeError, ConnectionResetError):
             proc.join(timeout=1.0)
-            return _error_result(f"{name} crashed its worker process (exit code {proc.exitcode})"), False
+            return error_result(f"{name} crashed its worker process (exit code {proc.exitcode})"), False
         except (pickle.PicklingError, AttributeError, TypeError) as e:  # unpicklable verifier or arguments
-            return _error_result(f"{name} could not be sent to a worker process: {e}", traceback.format_exc()), False
+            return error_result(f"{name} could not be sent to a worker process: {e}", traceback.format_exc()), False
 
     @staticmethod
     def _kill_child(proc, conn) -> None:
