@@ -39,8 +39,8 @@ from harness import Record, bench_argparser
 
 import vt_core.model as vt_model
 from vt_core.data import tiny_model_config_path, tiny_tokenizer_path
-from vt_core.trainer.common import ModelSection, OptimSection, RunSection
-from vt_core.trainer.rl import AlgoSection, GenSection, RLConfig, RLData, RLTrainer
+from vt_core.trainer.common import OptimConfig, RunConfig, TrainModelConfig
+from vt_core.trainer.rl import RLAlgoConfig, RLConfig, RLDataConfig, RLGenConfig, RLTrainer
 
 SHAPES = {
     "0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -87,13 +87,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         vt_model.from_config(config, seed=0).save(folder)
         cfg = RLConfig(
-            model=ModelSection(path=folder, tokenizer=str(tiny_tokenizer_path()), bf16=cuda),
-            optim=OptimSection(lr=1e-6, warmup_steps=0, min_lr_ratio=1.0, max_grad_norm=1.0),
-            run=RunSection(out_dir=f"{folder}/run", max_steps=10_000, seed=0, device=args.device, progress=False),
-            data=RLData(domain="code", prompts_per_step=prompts, group_size=args.group),
-            gen=GenSection(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens,
+            model=TrainModelConfig(path=folder, tokenizer=str(tiny_tokenizer_path()), bf16=cuda),
+            optim=OptimConfig(lr=1e-6, warmup_steps=0, min_lr_ratio=1.0, max_grad_norm=1.0),
+            run=RunConfig(out_dir=f"{folder}/run", max_steps=10_000, seed=0, device=args.device, progress=False),
+            data=RLDataConfig(domain="code", prompts_per_step=prompts, group_size=args.group),
+            gen=RLGenConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens,
                            kv_cache_tokens=max(65536, 2 * prompts * args.group * (new_tokens + 128))),
-            algo=AlgoSection(estimator="grpo", drop_zero_variance=False, share_prompts=True),
+            algo=RLAlgoConfig(estimator="grpo", drop_zero_variance=False, share_prompts=True),
         )
         trainer = RLTrainer(cfg)
 
@@ -108,9 +108,9 @@ def main() -> None:
             t2 = time.perf_counter()
             if metrics.get("skipped"):
                 raise RuntimeError(f"the RL step skipped its update: {metrics}")
-            completion = sum(len(c.token_ids) for g in roll["outputs"] for c in g)
-            prompt = sum(len(trainer.prompt_ids(i)) for i in roll["indices"]) * args.group
-            return {"step_s": t2 - t0, "gen_s": roll["gen_s"], "score_s": roll["score_s"], "train_s": t2 - t1,
+            completion = sum(len(c.token_ids) for g in roll.outputs for c in g)
+            prompt = sum(len(trainer.prompt_ids(i)) for i in roll.indices) * args.group
+            return {"step_s": t2 - t0, "gen_s": roll.gen_s, "score_s": roll.score_s, "train_s": t2 - t1,
                     "completion_tokens": completion, "prompt_tokens": prompt}
 
         shapes = {"model": name, "config": config, "prompts_per_step": prompts, "group_size": args.group,

@@ -94,8 +94,8 @@ from vt_core.eval import encode_prompt  # noqa: E402
 from vt_core.rewards.scorer import RewardScorer  # noqa: E402
 from vt_core.tasks import generate_tasks, load_tasks  # noqa: E402
 from vt_core.tasks.code_problems import TRAIN_SEED  # noqa: E402
-from vt_core.trainer.common import TrainModelConfig, OptimConfig, RunConfig  # noqa: E402
-from vt_core.trainer.rl import RLAlgoConfig, RLGenConfig, RLConfig, RLDataConfig, RLTrainer  # noqa: E402
+from vt_core.trainer.common import OptimConfig, RunConfig, TrainModelConfig  # noqa: E402
+from vt_core.trainer.rl import RLAlgoConfig, RLConfig, RLDataConfig, RLGenConfig, RLTrainer  # noqa: E402
 from vt_core.trainer.sft import SFTConfig, SFTDataConfig, SFTTrainer, load_sft_examples  # noqa: E402
 
 BETAS = (0.9, 0.95)

@@ -19,17 +19,17 @@ from __future__ import annotations
 import json
 
 from vt_core.config import parse_cli
-from vt_core.trainer.common import OptimSection, RunSection
+from vt_core.trainer.common import OptimConfig, RunConfig
 from vt_core.trainer.distill import DistillConfig, run_distill
-from vt_core.trainer.sft import SFTData
+from vt_core.trainer.sft import SFTDataConfig
 
 
 def embedded_default() -> DistillConfig:
     """The preset used with only --sample.teachers given (CPU sized)."""
     cfg = DistillConfig(
-        optim=OptimSection(lr=5e-4, warmup_steps=2, min_lr_ratio=0.5),
-        run=RunSection(out_dir="runs/distill", max_steps=30, max_minutes=3.0),
-        data=SFTData(examples_per_step=32, max_tokens=4096),
+        optim=OptimConfig(lr=5e-4, warmup_steps=2, min_lr_ratio=0.5),
+        run=RunConfig(out_dir="runs/distill", max_steps=30, max_minutes=3.0),
+        data=SFTDataConfig(examples_per_step=32, max_tokens=4096),
     )
     cfg.sample.problems_per_domain = 96
     cfg.sample.samples = 4

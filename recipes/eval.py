@@ -34,7 +34,7 @@ from vt_core.rewards.selfcheck import self_check, verifiers_of
 
 
 @dataclass
-class ModelSection:
+class EvalModelConfig:
     path: str | None = None
     """Checkpoint folder (Hugging Face format); None: the embedded tiny config with random weights."""
     tokenizer: str | None = None
@@ -48,7 +48,7 @@ class ModelSection:
 
 
 @dataclass
-class DataSection:
+class EvalDataConfig:
     sets: list[str] = field(default_factory=lambda: ["math"])
     """Benchmark files and / or embedded task domains, comma separated."""
     split: str = "heldout"
@@ -62,7 +62,7 @@ class DataSection:
 
 
 @dataclass
-class SamplingSection:
+class EvalSamplingConfig:
     k: int = 4
     """Samples per problem."""
     ks: list[int] = field(default_factory=lambda: [1, 2, 4])
@@ -77,7 +77,7 @@ class SamplingSection:
 
 
 @dataclass
-class ScoringSection:
+class EvalScoringConfig:
     workers: int = 4
     """Concurrent verifier calls."""
     timeout_s: float = 60.0
@@ -86,15 +86,15 @@ class ScoringSection:
 
 @dataclass
 class EvalConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    sampling: SamplingSection = field(default_factory=SamplingSection)
-    scoring: ScoringSection = field(default_factory=ScoringSection)
+    model: EvalModelConfig = field(default_factory=EvalModelConfig)
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
+    scoring: EvalScoringConfig = field(default_factory=EvalScoringConfig)
     out: str = "eval.json"
     """Where the JSON results go."""
 
 
-def load_model(cfg: ModelSection):
+def load_model(cfg: EvalModelConfig):
     """The model and its tokenizer as the config asks (a random tiny model when no path is given)."""
     import vt_core.model as vm
 
@@ -109,7 +109,7 @@ def load_model(cfg: ModelSection):
     return model.eval(), load_tokenizer(tok_dir)
 
 
-def load_set(entry: str, data: DataSection) -> tuple[str, list[dict]]:
+def load_set(entry: str, data: EvalDataConfig) -> tuple[str, list[dict]]:
     """(name, problems) of one --data.sets entry: an existing file, else an embedded task domain."""
     if os.path.exists(entry):
         return Path(entry).stem, load_benchmark(entry, data.format, data.limit)

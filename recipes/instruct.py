@@ -24,14 +24,14 @@ from vt_core.data import load_tokenizer, tiny_tokenizer_path
 from vt_core.eval import chat_prompts
 from vt_core.rewards.selfcheck import self_check, verifiers_of
 from vt_core.tasks import load_tasks
-from vt_core.trainer.common import OptimSection, RunSection
+from vt_core.trainer.common import OptimConfig, RunConfig
 from vt_core.trainer.distill import write_task_sft_data
-from vt_core.trainer.rl import AlgoSection, EvalSection, GenSection, RLConfig, RLData, load_problems, run_rl
-from vt_core.trainer.sft import SFTConfig, SFTData, run_sft
+from vt_core.trainer.rl import RLAlgoConfig, RLConfig, RLDataConfig, RLEvalConfig, RLGenConfig, load_problems, run_rl
+from vt_core.trainer.sft import SFTConfig, SFTDataConfig, run_sft
 
 
 @dataclass
-class InstructSFT:
+class InstructSFTConfig:
     """Stage 1: SFT on chat data."""
 
     path: str = ""
@@ -48,17 +48,17 @@ class InstructSFT:
 class InstructConfig(RLConfig):
     """Instruction tuning: ``sft`` is stage 1; the RL sections are stage 2 (data.domain "instruct")."""
 
-    sft: InstructSFT = field(default_factory=InstructSFT)
+    sft: InstructSFTConfig = field(default_factory=InstructSFTConfig)
 
 
 def embedded_default() -> InstructConfig:
     return InstructConfig(
-        optim=OptimSection(lr=2e-4, warmup_steps=3, min_lr_ratio=0.5),
-        run=RunSection(out_dir="runs/instruct", max_steps=20, max_minutes=4.0),
-        data=RLData(domain="instruct", prompts_per_step=16, group_size=8),
-        gen=GenSection(temperature=1.0, max_new_tokens=96, kv_cache_tokens=65536, reward_workers=4),
-        algo=AlgoSection(estimator="grpo", drop_zero_variance=True, micro_tokens=8192),
-        eval=EvalSection(problems=128, samples=4),
+        optim=OptimConfig(lr=2e-4, warmup_steps=3, min_lr_ratio=0.5),
+        run=RunConfig(out_dir="runs/instruct", max_steps=20, max_minutes=4.0),
+        data=RLDataConfig(domain="instruct", prompts_per_step=16, group_size=8),
+        gen=RLGenConfig(temperature=1.0, max_new_tokens=96, kv_cache_tokens=65536, reward_workers=4),
+        algo=RLAlgoConfig(estimator="grpo", drop_zero_variance=True, micro_tokens=8192),
+        eval=RLEvalConfig(problems=128, samples=4),
     )
 
 
@@ -92,10 +92,10 @@ def run_instruct(cfg: InstructConfig) -> dict:
     s = cfg.sft
     sft_cfg = SFTConfig(
         model=copy.deepcopy(cfg.model),
-        optim=OptimSection(lr=s.lr, warmup_steps=min(5, s.steps // 4), min_lr_ratio=0.1),
-        run=RunSection(**{**asdict(cfg.run), "out_dir": str(root / "sft"), "max_steps": s.steps,
+        optim=OptimConfig(lr=s.lr, warmup_steps=min(5, s.steps // 4), min_lr_ratio=0.1),
+        run=RunConfig(**{**asdict(cfg.run), "out_dir": str(root / "sft"), "max_steps": s.steps,
                           "max_minutes": s.minutes, "save_every": 0}),
-        data=SFTData(path=sft_path, examples_per_step=s.examples_per_step, max_examples=s.max_examples,
+        data=SFTDataConfig(path=sft_path, examples_per_step=s.examples_per_step, max_examples=s.max_examples,
                      max_tokens=s.max_tokens),
     )
     sft_last = run_sft(sft_cfg)

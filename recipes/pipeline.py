@@ -46,11 +46,11 @@ from vt_core.eval import chat_prompts, evaluate, format_table
 from vt_core.generation import Engine, SamplingParams
 from vt_core.rewards.selfcheck import self_check, verifiers_of
 from vt_core.tasks import load_tasks
-from vt_core.trainer.common import ModelSection, OptimSection, RunSection
+from vt_core.trainer.common import Device, Domain, OptimConfig, RunConfig, TrainModelConfig
 from vt_core.trainer.distill import DistillConfig, run_distill, write_task_sft_data
-from vt_core.trainer.probing import DiversityProber, ProbeSection
-from vt_core.trainer.rl import AlgoSection, EvalSection, GenSection, RLConfig, RLData, run_rl
-from vt_core.trainer.sft import SFTConfig, SFTData, SFTTrainer, run_sft
+from vt_core.trainer.probing import DiversityProber, ProbeConfig
+from vt_core.trainer.rl import RLAlgoConfig, RLConfig, RLDataConfig, RLEvalConfig, RLGenConfig, run_rl
+from vt_core.trainer.sft import SFTConfig, SFTDataConfig, SFTTrainer, run_sft
 
 STAGES = ("sft1", "sft2", "rl_math", "rl_code", "rl_stem", "distill", "instruct")
 STAGE_DOMAINS = ("math", "code", "stem", "instruct")
@@ -70,15 +70,17 @@ _instruct = _recipe("instruct")
 
 
 @dataclass
-class PipelineSection:
+class PipelineRunConfig:
+    """Where the pipeline writes, what it runs on and which stages it runs."""
+
     out_dir: str = "runs/pipeline"
-    device: str = "auto"
+    device: Device = "auto"
     seed: int = 0
     stop_after: str = ""
     """Stop after this stage (a later run resumes with the next)."""
     restart_from: str = ""
     """Forget this stage and every later one in the state file, and run them again."""
-    sft_domains: list[str] = field(default_factory=lambda: ["math", "code", "stem"])
+    sft_domains: list[Domain] = field(default_factory=lambda: ["math", "code", "stem"])
     """Embedded domains whose train split (reference solutions) is the SFT data of sft1 / sft2 (when their
     data.path is empty)."""
     sft_per_domain: int = 2000
@@ -86,10 +88,10 @@ class PipelineSection:
 
 
 @dataclass
-class PipelineEval:
+class PipelineEvalConfig:
     """Held-out evaluation printed after every stage (the first N problems of each embedded domain)."""
 
-    domains: list[str] = field(default_factory=lambda: ["math", "code", "stem", "instruct"])
+    domains: list[Domain] = field(default_factory=lambda: ["math", "code", "stem", "instruct"])
     problems: int = 32
     samples: int = 4
     temperature: float = 1.0
@@ -101,13 +103,13 @@ class PipelineEval:
 class PipelineConfig:
     """One config for every stage; each stage's model.path and run.out_dir are set by the pipeline."""
 
-    pipeline: PipelineSection = field(default_factory=PipelineSection)
-    model: ModelSection = field(default_factory=ModelSection)
+    pipeline: PipelineRunConfig = field(default_factory=PipelineRunConfig)
+    model: TrainModelConfig = field(default_factory=TrainModelConfig)
     """The base model (empty path: the embedded tiny model, randomly initialised)."""
-    eval: PipelineEval = field(default_factory=PipelineEval)
+    eval: PipelineEvalConfig = field(default_factory=PipelineEvalConfig)
     sft1: SFTConfig = field(default_factory=SFTConfig)
     sft2: SFTConfig = field(default_factory=SFTConfig)
-    probe: ProbeSection = field(default_factory=ProbeSection)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     rl_math: RLConfig = field(default_factory=RLConfig)
     rl_code: RLConfig = field(default_factory=RLConfig)
     rl_stem: RLConfig = field(default_factory=RLConfig)
@@ -117,25 +119,25 @@ class PipelineConfig:
 
 def _rl(domain: str, steps: int, minutes: float, max_new_tokens: int, mgpo: float) -> RLConfig:
     return RLConfig(
-        optim=OptimSection(lr=2e-4, warmup_steps=3, min_lr_ratio=0.5),
-        run=RunSection(max_steps=steps, max_minutes=minutes),
-        data=RLData(domain=domain, prompts_per_step=32, group_size=8),
-        gen=GenSection(max_new_tokens=max_new_tokens, kv_cache_tokens=65536, reward_workers=4),
-        algo=AlgoSection(estimator="grpo", mgpo_lambda=mgpo, drop_zero_variance=True, micro_tokens=8192),
-        eval=EvalSection(problems=32, samples=4),
+        optim=OptimConfig(lr=2e-4, warmup_steps=3, min_lr_ratio=0.5),
+        run=RunConfig(max_steps=steps, max_minutes=minutes),
+        data=RLDataConfig(domain=domain, prompts_per_step=32, group_size=8),
+        gen=RLGenConfig(max_new_tokens=max_new_tokens, kv_cache_tokens=65536, reward_workers=4),
+        algo=RLAlgoConfig(estimator="grpo", mgpo_lambda=mgpo, drop_zero_variance=True, micro_tokens=8192),
+        eval=RLEvalConfig(problems=32, samples=4),
     )
 
 
 def embedded_default() -> PipelineConfig:
     """The CPU demo (about 20 minutes on two cores; every stage also has a max_minutes cap)."""
     cfg = PipelineConfig(
-        sft1=SFTConfig(optim=OptimSection(lr=2e-3, warmup_steps=10, min_lr_ratio=0.1),
-                       run=RunSection(max_steps=150, max_minutes=3.0),
-                       data=SFTData(examples_per_step=64, max_tokens=4096)),
-        sft2=SFTConfig(optim=OptimSection(lr=5e-4, warmup_steps=2, min_lr_ratio=0.2),
-                       run=RunSection(max_steps=60, max_minutes=2.0),
-                       data=SFTData(examples_per_step=64, max_tokens=4096, min_tokens=70)),
-        probe=ProbeSection(every=20, domain="math", per_subdomain=16, k=4, max_new_tokens=48),
+        sft1=SFTConfig(optim=OptimConfig(lr=2e-3, warmup_steps=10, min_lr_ratio=0.1),
+                       run=RunConfig(max_steps=150, max_minutes=3.0),
+                       data=SFTDataConfig(examples_per_step=64, max_tokens=4096)),
+        sft2=SFTConfig(optim=OptimConfig(lr=5e-4, warmup_steps=2, min_lr_ratio=0.2),
+                       run=RunConfig(max_steps=60, max_minutes=2.0),
+                       data=SFTDataConfig(examples_per_step=64, max_tokens=4096, min_tokens=70)),
+        probe=ProbeConfig(every=20, domain="math", per_subdomain=16, k=4, max_new_tokens=48),
         rl_math=_rl("math", 25, 2.5, 48, 1.0),
         rl_code=_rl("code", 25, 2.5, 40, 1.0),
         rl_stem=_rl("stem", 25, 2.5, 48, 1.0),
@@ -169,12 +171,12 @@ def quick_preset() -> PipelineConfig:
     return cfg
 
 
-def _stage_run(cfg: PipelineConfig, run: RunSection, stage: str) -> None:
+def _stage_run(cfg: PipelineConfig, run: RunConfig, stage: str) -> None:
     run.out_dir = str(Path(cfg.pipeline.out_dir) / stage)
     run.device, run.seed, run.resume = cfg.pipeline.device, cfg.pipeline.seed, True
 
 
-def _stage_model(cfg: PipelineConfig, section: ModelSection, prev: str | None) -> None:
+def _stage_model(cfg: PipelineConfig, section: TrainModelConfig, prev: str | None) -> None:
     section.bf16, section.gradient_checkpointing = cfg.model.bf16, cfg.model.gradient_checkpointing
     section.init_seed = cfg.model.init_seed
     section.path = prev or cfg.model.path

@@ -7,7 +7,7 @@
     # multi-node: torchrun --nnodes 4 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 recipes/rl_code.py ...
 
 With no --model.path, the embedded default runs: it starts from the SFT warm start shipped in
-vt_core/assets/warmstart_code (made by this recipe's own SFT settings, the WarmStart section; with other
+vt_core/assets/warmstart_code (made by this recipe's own SFT settings, the --warmstart section; with other
 settings, or --warmstart.shipped false, the SFT recipe makes one first, cached in --warmstart.dir), RL
 trains it on the train split of the shipped code tasks, and held-out pass@1 is printed before and after.
 Every option is a field of RLCodeConfig, set as --section.field value; --help prints them all.
@@ -23,16 +23,15 @@ from pathlib import Path
 
 from vt_core.assets import ASSETS_DIR
 from vt_core.config import parse_cli
-from vt_core.trainer.common import ModelSection, OptimSection, RunSection
-from vt_core.trainer.rl import AlgoSection, EvalSection, GenSection, RLConfig, RLData, run_rl
-from vt_core.trainer.sft import SFTConfig, SFTData, run_sft
-
+from vt_core.trainer.common import OptimConfig, RunConfig, TrainModelConfig
+from vt_core.trainer.rl import RLAlgoConfig, RLConfig, RLDataConfig, RLEvalConfig, RLGenConfig, run_rl
+from vt_core.trainer.sft import SFTConfig, SFTDataConfig, run_sft
 
 SHIPPED_WARMSTART = ASSETS_DIR / "warmstart_code"
 
 
 @dataclass
-class WarmStart:
+class WarmStartConfig:
     """SFT warm start of the embedded default (ignored when --model.path is given)."""
 
     shipped: bool = True
@@ -55,14 +54,14 @@ class WarmStart:
     """Train-split examples used for SFT (0: all 20,000; the RL stage samples from the whole train split)."""
     teacher_accuracy: float = 0.75
     """Fraction of the SFT traces that are right; the rest are a simulated teacher's slips (see
-    SFTData.teacher_accuracy). SFT imitates its teacher, slips included; RL's verifiable reward does not."""
+    SFTDataConfig.teacher_accuracy). SFT imitates its teacher, slips included; RL's verifiable reward does not."""
 
 
 @dataclass
 class RLCodeConfig(RLConfig):
     """RL on code; the defaults are the embedded CPU demo."""
 
-    warmstart: WarmStart = field(default_factory=WarmStart)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
 
 
 def embedded_default() -> RLCodeConfig:
@@ -70,12 +69,12 @@ def embedded_default() -> RLCodeConfig:
     cores from the shipped warm start, evaluated on all 1,024 held-out problems x 4 samples at temperature 1;
     each group's prompt is forwarded once in training (share_prompts)."""
     return RLCodeConfig(
-        optim=OptimSection(lr=2e-4, warmup_steps=3, min_lr_ratio=0.5, max_grad_norm=1.0),
-        run=RunSection(out_dir="runs/rl_code", max_steps=200, max_minutes=10.0, seed=0),
-        data=RLData(domain="code", prompts_per_step=32, group_size=8),
-        gen=GenSection(temperature=1.0, max_new_tokens=16, kv_cache_tokens=65536, reward_workers=4),
-        algo=AlgoSection(estimator="grpo", drop_zero_variance=True, micro_tokens=8192, share_prompts=True),
-        eval=EvalSection(problems=1024, samples=4, temperature=1.0),
+        optim=OptimConfig(lr=2e-4, warmup_steps=3, min_lr_ratio=0.5, max_grad_norm=1.0),
+        run=RunConfig(out_dir="runs/rl_code", max_steps=200, max_minutes=10.0, seed=0),
+        data=RLDataConfig(domain="code", prompts_per_step=32, group_size=8),
+        gen=RLGenConfig(temperature=1.0, max_new_tokens=16, kv_cache_tokens=65536, reward_workers=4),
+        algo=RLAlgoConfig(estimator="grpo", drop_zero_variance=True, micro_tokens=8192, share_prompts=True),
+        eval=RLEvalConfig(problems=1024, samples=4, temperature=1.0),
     )
 
 
@@ -100,17 +99,18 @@ def ensure_warm_start(cfg: RLCodeConfig) -> str:
             print(f"[rl_code] using the warm start in {folder}", flush=True)
             return str(folder)
     sft = SFTConfig(
-        model=ModelSection(**asdict(cfg.model)),
-        optim=OptimSection(lr=w.lr, warmup_steps=w.warmup_steps, min_lr_ratio=w.min_lr_ratio, max_grad_norm=1.0),
-        run=RunSection(out_dir=w.dir, max_steps=w.steps, max_minutes=w.minutes, seed=cfg.run.seed,
+        model=TrainModelConfig(**asdict(cfg.model)),
+        optim=OptimConfig(lr=w.lr, warmup_steps=w.warmup_steps, min_lr_ratio=w.min_lr_ratio, max_grad_norm=1.0),
+        run=RunConfig(out_dir=w.dir, max_steps=w.steps, max_minutes=w.minutes, seed=cfg.run.seed,
                        device=cfg.run.device, progress=cfg.run.progress),
-        data=SFTData(examples_per_step=w.examples_per_step, max_examples=w.max_examples, max_tokens=4096,
+        data=SFTDataConfig(examples_per_step=w.examples_per_step, max_examples=w.max_examples, max_tokens=4096,
                      teacher_accuracy=w.teacher_accuracy),
     )
     last = run_sft(sft)
     if int(os.environ.get("RANK", "0")) == 0:
         shutil.copyfile(Path(w.dir) / "metrics.jsonl", final / "sft_metrics.jsonl")
-        (final / "warmstart.json").write_text(json.dumps({"stamp": stamp, "final_loss": last.get("loss")}, indent=2) + "\n")
+        record = {"stamp": stamp, "final_loss": last.get("loss")}
+        (final / "warmstart.json").write_text(json.dumps(record, indent=2) + "\n")
     return str(final)
 
 

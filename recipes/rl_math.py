@@ -17,14 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vt_core.config import parse_cli
-from vt_core.trainer.common import ModelSection, OptimSection, RunSection
+from vt_core.trainer.common import OptimConfig, RunConfig, TrainModelConfig
 from vt_core.trainer.distill import write_task_sft_data
-from vt_core.trainer.rl import AlgoSection, EvalSection, GenSection, RLConfig, RLData, run_rl
-from vt_core.trainer.sft import SFTConfig, SFTData, run_sft
+from vt_core.trainer.rl import RLAlgoConfig, RLConfig, RLDataConfig, RLEvalConfig, RLGenConfig, run_rl
+from vt_core.trainer.sft import SFTConfig, SFTDataConfig, run_sft
 
 
 @dataclass
-class DomainWarmStart:
+class DomainWarmStartConfig:
     """SFT warm start of the embedded default (ignored when --model.path is given)."""
 
     dir: str = ""
@@ -39,18 +39,18 @@ class DomainWarmStart:
 class RLDomainConfig(RLConfig):
     """RL on one embedded domain (data.domain); the defaults are the embedded CPU demo."""
 
-    warmstart: DomainWarmStart = field(default_factory=DomainWarmStart)
+    warmstart: DomainWarmStartConfig = field(default_factory=DomainWarmStartConfig)
 
 
 def embedded_default(domain: str = "math") -> RLDomainConfig:
     """The preset `torchrun recipes/rl_<domain>.py` runs with no arguments."""
     return RLDomainConfig(
-        optim=OptimSection(lr=2e-4, warmup_steps=3, min_lr_ratio=0.5, max_grad_norm=1.0),
-        run=RunSection(out_dir=f"runs/rl_{domain}", max_steps=30, max_minutes=4.0, seed=0),
-        data=RLData(domain=domain, prompts_per_step=32, group_size=8),
-        gen=GenSection(temperature=1.0, max_new_tokens=48, kv_cache_tokens=65536, reward_workers=4),
-        algo=AlgoSection(estimator="grpo", mgpo_lambda=1.0, drop_zero_variance=True, micro_tokens=8192),
-        eval=EvalSection(problems=256, samples=4, temperature=1.0),
+        optim=OptimConfig(lr=2e-4, warmup_steps=3, min_lr_ratio=0.5, max_grad_norm=1.0),
+        run=RunConfig(out_dir=f"runs/rl_{domain}", max_steps=30, max_minutes=4.0, seed=0),
+        data=RLDataConfig(domain=domain, prompts_per_step=32, group_size=8),
+        gen=RLGenConfig(temperature=1.0, max_new_tokens=48, kv_cache_tokens=65536, reward_workers=4),
+        algo=RLAlgoConfig(estimator="grpo", mgpo_lambda=1.0, drop_zero_variance=True, micro_tokens=8192),
+        eval=RLEvalConfig(problems=256, samples=4, temperature=1.0),
     )
 
 
@@ -65,11 +65,11 @@ def ensure_warm_start(cfg: RLDomainConfig) -> str:
         return str(final)
     data = write_task_sft_data([domain], root / "sft_data.jsonl")
     run_sft(SFTConfig(
-        model=ModelSection(**asdict(cfg.model)),
-        optim=OptimSection(lr=w.lr, warmup_steps=10, min_lr_ratio=0.1, max_grad_norm=1.0),
-        run=RunSection(out_dir=str(root), max_steps=w.steps, max_minutes=w.minutes, seed=cfg.run.seed,
+        model=TrainModelConfig(**asdict(cfg.model)),
+        optim=OptimConfig(lr=w.lr, warmup_steps=10, min_lr_ratio=0.1, max_grad_norm=1.0),
+        run=RunConfig(out_dir=str(root), max_steps=w.steps, max_minutes=w.minutes, seed=cfg.run.seed,
                        device=cfg.run.device, progress=cfg.run.progress),
-        data=SFTData(path=str(data), examples_per_step=w.examples_per_step, max_tokens=4096),
+        data=SFTDataConfig(path=str(data), examples_per_step=w.examples_per_step, max_tokens=4096),
     ))
     if int(os.environ.get("RANK", "0")) == 0:
         marker.write_text(json.dumps(stamp, indent=2))

@@ -65,3 +65,41 @@ def test_print_and_save(tmp_path):
     save_config(cfg, tmp_path / "c.json")
     assert (tmp_path / "c.json").read_text().strip().startswith("{")
     assert to_dict(cfg)["optim"]["betas"] == [0.9, 0.95]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--algo.estimator", "ppo"], r"--algo.estimator: 'ppo' is not one of grpo, dr_grpo, rloo, reinforce_pp"),
+        (["--data.domain", "bio"], r"--data.domain: 'bio' is not one of code, math, stem, instruct"),
+        (["--run.device", "tpu"], r"--run.device: 'tpu' is not one of auto, cpu, cuda"),
+    ],
+)
+def test_recipe_choices_are_checked_on_the_command_line(argv, match):
+    """Enum-like options of the stage configs are Literal types: a bad value names the option and its choices."""
+    from vt_core.trainer.rl import RLConfig
+
+    with pytest.raises(ValueError, match=match):
+        apply_overrides(RLConfig(), argv)
+    with pytest.raises(SystemExit, match="error: " + match):
+        parse_cli(RLConfig(), argv)
+
+
+def test_stage_choices_parse_into_their_fields():
+    from vt_core.trainer.distill import DistillConfig
+
+    cfg = apply_overrides(DistillConfig(), ["--distill.mode", "kl", "--distill.kind", "jsd", "--data.overflow", "error",
+                                            "--sample.domains", "math,stem", "--run.device", "cpu"])
+    assert (cfg.distill.mode, cfg.distill.kind, cfg.data.overflow) == ("kl", "jsd", "error")
+    assert cfg.sample.domains == ["math", "stem"] and cfg.run.device == "cpu"
+    with pytest.raises(ValueError, match=r"--sample.domains: 'bio' is not one of code, math, stem, instruct"):
+        apply_overrides(DistillConfig(), ["--sample.domains", "math,bio"])
+
+
+def test_domain_choices_are_the_embedded_task_domains():
+    from typing import get_args
+
+    from vt_core.tasks import DOMAINS
+    from vt_core.trainer.common import Domain
+
+    assert get_args(Domain) == DOMAINS

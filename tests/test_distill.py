@@ -14,8 +14,8 @@ from vt_core.data import load_tokenizer, tiny_model_config_path, tiny_tokenizer_
 from vt_core.generation.params import Completion
 from vt_core.tasks import load_tasks
 from vt_core.trainer import distill as D
-from vt_core.trainer.common import ModelSection, OptimSection, RunSection
-from vt_core.trainer.sft import SFTData
+from vt_core.trainer.common import OptimConfig, RunConfig, TrainModelConfig
+from vt_core.trainer.sft import SFTDataConfig
 
 
 def T(i, domain, pid, tokens, score):
@@ -40,7 +40,7 @@ def fixed_traces():
 
 
 def test_selection_picks_documented_subset():
-    cfg = D.SelectSection(min_tokens=5, length_edges=[20], outlier_mad=3.0, keep_frac=0.5, max_per_problem=1)
+    cfg = D.DistillSelectConfig(min_tokens=5, length_edges=[20], outlier_mad=3.0, keep_frac=0.5, max_per_problem=1)
     traces = fixed_traces()
     picked = D.select_traces(traces, cfg)
     # d: (math,<20) keeps 3 (1.2), 2 (1.1); (math,>=20) keeps 6 (2.0), 7 (1.5); (code,<20) keeps 10 (0.8)
@@ -53,14 +53,14 @@ def test_selection_picks_documented_subset():
 
 
 def test_selection_without_filters_keeps_everything_and_checks_inputs():
-    everything = D.SelectSection(min_tokens=0, outlier_mad=0.0, keep_frac=1.0, max_per_problem=0)
+    everything = D.DistillSelectConfig(min_tokens=0, outlier_mad=0.0, keep_frac=1.0, max_per_problem=0)
     traces = fixed_traces()
     assert D.select_traces(traces, everything) == traces
     assert [D.length_bucket(n, [32, 128]) for n in (0, 31, 32, 127, 128, 10_000)] == [0, 0, 1, 1, 2, 2]
     with pytest.raises(ValueError, match="score"):
         D.select_traces([T(0, "math", "p", 10, float("nan"))], everything)
     with pytest.raises(ValueError, match="keep_frac"):
-        D.select_traces(traces, D.SelectSection(keep_frac=0.0))
+        D.select_traces(traces, D.DistillSelectConfig(keep_frac=0.0))
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_rejection_sample_keeps_correct_unique_traces(tiny_pair, monkeypatch):
             pass
 
     monkeypatch.setattr(D, "Engine", FakeEngine)
-    s = D.SampleSection(samples=3, reward_workers=1)
+    s = D.DistillSampleConfig(samples=3, reward_workers=1)
     traces = D.rejection_sample([teacher_path, student_path], rows, s)
     # two problems, one unique correct completion each; the second teacher's duplicates are dropped
     assert [(t.problem_id, t.teacher, t.num_tokens) for t in traces] == [(r["problem_id"], 0, 3) for r in rows]
@@ -137,10 +137,10 @@ def test_kl_distill_lowers_teacher_student_kl(tiny_pair):
     teacher = vt_model.load(teacher_path)
     before = D.mean_kl(vt_model.load(student_path), teacher, examples)
     cfg = D.DistillConfig(
-        model=ModelSection(path=student_path),
-        optim=OptimSection(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0),
-        run=RunSection(out_dir=str(root / "run"), max_steps=6, device="cpu", progress=False),
-        data=SFTData(path=str(data), examples_per_step=16, max_tokens=2048),
+        model=TrainModelConfig(path=student_path),
+        optim=OptimConfig(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0),
+        run=RunConfig(out_dir=str(root / "run"), max_steps=6, device="cpu", progress=False),
+        data=SFTDataConfig(path=str(data), examples_per_step=16, max_tokens=2048),
     )
     cfg.sample.teachers = [teacher_path]
     cfg.distill.mode, cfg.distill.kind = "kl", "forward"

@@ -10,13 +10,13 @@ import torch
 from vt_core import model as vt_model
 from vt_core.tasks import load_tasks
 from vt_core.trainer import probing
-from vt_core.trainer.common import ModelSection, OptimSection, RunSection
+from vt_core.trainer.common import OptimConfig, RunConfig, TrainModelConfig
 from vt_core.trainer.distill import write_task_sft_data
-from vt_core.trainer.sft import SFTConfig, SFTData, SFTTrainer
+from vt_core.trainer.sft import SFTConfig, SFTDataConfig, SFTTrainer
 
 
 def test_probing_set_takes_the_end_of_each_subdomain():
-    cfg = probing.ProbeSection(domain="math", per_subdomain=3)
+    cfg = probing.ProbeConfig(domain="math", per_subdomain=3)
     rows = probing.probing_set(cfg)
     heldout = load_tasks("math", "heldout")
     subs = sorted({r["subdomain"] for r in heldout})
@@ -25,7 +25,7 @@ def test_probing_set_takes_the_end_of_each_subdomain():
         tail = [r["id"] for r in heldout if r["subdomain"] == s][-3:]
         assert [r["id"] for r in rows if r["subdomain"] == s] == tail
     with pytest.raises(ValueError, match="probe.k"):
-        probing.DiversityProber(probing.ProbeSection(k=0), "unused")
+        probing.DiversityProber(probing.ProbeConfig(k=0), "unused")
 
 
 def test_prober_keeps_best_per_subdomain_resumes_and_fuses(tmp_path, monkeypatch):
@@ -41,10 +41,10 @@ def test_prober_keeps_best_per_subdomain_resumes_and_fuses(tmp_path, monkeypatch
 
     monkeypatch.setattr(probing, "evaluate", fake_evaluate)
     data = write_task_sft_data(["math"], tmp_path / "sft.jsonl", per_domain=16)
-    cfg = SFTConfig(model=ModelSection(), optim=OptimSection(lr=1e-2),
-                    run=RunSection(out_dir=str(tmp_path / "sft"), max_steps=4, device="cpu", progress=False),
-                    data=SFTData(path=str(data), examples_per_step=4, max_tokens=1024))
-    probe = probing.ProbeSection(every=2, domain="math", per_subdomain=1, k=2, max_new_tokens=4)
+    cfg = SFTConfig(model=TrainModelConfig(), optim=OptimConfig(lr=1e-2),
+                    run=RunConfig(out_dir=str(tmp_path / "sft"), max_steps=4, device="cpu", progress=False),
+                    data=SFTDataConfig(path=str(data), examples_per_step=4, max_tokens=1024))
+    probe = probing.ProbeConfig(every=2, domain="math", per_subdomain=1, k=2, max_new_tokens=4)
     trainer = SFTTrainer(cfg)
     prober = probing.DiversityProber(probe, cfg.run.out_dir)
     trainer.step_hooks.append(prober)

@@ -19,10 +19,11 @@ from vt_core.rewards.registry import register_verifier, unregister_verifier
 from vt_core.rewards.selfcheck import VerifierSelfCheckFailed, self_check, verifiers_of
 from vt_core.sandbox import isolation
 from vt_core.sandbox.isolation import build_launcher
-from vt_core.trainer.rl import RLConfig, RLTrainer
+from vt_core.trainer.rl import RLConfig, RLTrainer, Rollout
 
 CODE_ROW = {"prompt": "f(2)=4\n```python\ndef f(x):\n    return", "verifier": "code", "fn_name": "f",
-            "tests": {"fn_name": "f", "inputs": [[2]], "outputs": [4]}, "response_prefix": "```python\ndef f(x):\n    return"}
+            "tests": {"fn_name": "f", "inputs": [[2]], "outputs": [4]},
+            "response_prefix": "```python\ndef f(x):\n    return"}
 
 
 @pytest.fixture
@@ -87,11 +88,11 @@ def test_rl_step_with_most_rewards_infra_stops_and_a_group_with_one_is_dropped(t
         group = [Completion(token_ids=[5, 6], logprobs=[0.0, 0.0], processed_logprobs=[0.0, 0.0],
                             finish_reason="stop", text=" x") for _ in range(2)]
         cause = ("sandbox setup failed: vt-sandbox-launcher: unshare: Operation not permitted", "stderr tail")
-        roll = {"positions": [0, 1], "indices": [0, 1], "outputs": [group, group], "rewards": [[1.0, 0.0], [1.0, 0.0]],
-                "infra": [[None, None], [cause, None]], "gen_s": 0.0, "score_s": 0.0}
+        roll = Rollout(positions=[0, 1], indices=[0, 1], outputs=[group, group], rewards=[[1.0, 0.0], [1.0, 0.0]],
+                       infra=[[None, None], [cause, None]], gen_s=0.0, score_s=0.0)
         adv, keep, stats = trainer.shaped_advantages(roll)
         assert stats["infra_error_frac"] == 0.25 and keep.tolist() == [True, True, False, False]
-        roll["infra"] = [[cause, None], [cause, cause]]
+        roll.infra = [[cause, None], [cause, cause]]
         with pytest.raises(InfrastructureFailure, match="RL step 0: 3 of 4 rewards.*unshare.*\nits stderr: stderr tail"):
             trainer.shaped_advantages(roll)
     finally:

@@ -15,7 +15,7 @@ from vt_core.config import apply_overrides
 from vt_core.generation import Completion
 from vt_core.rewards.base import RewardResult
 from vt_core.rewards.registry import register_verifier
-from vt_core.trainer.rl import RLConfig, RLTrainer
+from vt_core.trainer.rl import RLConfig, RLTrainer, Rollout
 from vt_core.trainer.sft import SFTConfig, SFTTrainer
 
 ROWS = [
@@ -70,8 +70,8 @@ def test_rl_step_raises_logprob_of_rewarded_completions(tmp_path):
         ids = tok(t, add_special_tokens=False)["input_ids"]
         group.append(Completion(token_ids=ids, logprobs=[0.0] * len(ids), processed_logprobs=[0.0] * len(ids),
                                 finish_reason="stop", text=t))
-    roll = {"positions": [0], "indices": [0], "outputs": [group], "rewards": [[float(t.endswith("7")) for t in texts]],
-            "infra": [[None] * len(texts)], "gen_s": 0.0, "score_s": 0.0}
+    roll = Rollout(positions=[0], indices=[0], outputs=[group], rewards=[[float(t.endswith("7")) for t in texts]],
+                   infra=[[None] * len(texts)], gen_s=0.0, score_s=0.0)
 
     def seq_logprob(text):
         p = trainer.prompt_ids(0)
@@ -117,9 +117,9 @@ def test_rl_shared_prompts_train_like_unshared(tmp_path):
             ids = [tok(t, add_special_tokens=False)["input_ids"] for t in group]
             outputs.append([Completion(token_ids=i, logprobs=[-1.0] * len(i), processed_logprobs=[-1.0] * len(i),
                                        finish_reason="stop", text=t) for i, t in zip(ids, group)])
-        roll = {"positions": [0, 1], "indices": [0, 1], "outputs": outputs, "gen_s": 0.0, "score_s": 0.0,
-                "rewards": [[float(t.endswith("7")) for t in group] for group in texts],
-                "infra": [[None] * len(group) for group in texts]}
+        roll = Rollout(positions=[0, 1], indices=[0, 1], outputs=outputs, gen_s=0.0, score_s=0.0,
+                       rewards=[[float(t.endswith("7")) for t in group] for group in texts],
+                       infra=[[None] * len(group) for group in texts])
         grads = {}
         step = trainer.optimizer_step
 
@@ -260,21 +260,21 @@ def test_bad_inputs_are_named(tmp_path):
 def test_sft_teacher_accuracy_reaches_the_embedded_examples_only(tmp_path, monkeypatch):
     from vt_core import tasks
     from vt_core.data import load_tokenizer, tiny_tokenizer_path
-    from vt_core.trainer.sft import SFTData, load_sft_examples
+    from vt_core.trainer.sft import SFTDataConfig, load_sft_examples
 
     rows = tasks.generate_tasks("code", 400, 5, split="train")
     monkeypatch.setattr(tasks, "load_code_tasks", lambda split: [dict(r) for r in rows])
     tok = load_tokenizer(tiny_tokenizer_path())
-    clean = load_sft_examples(SFTData(), tok)
-    taught = load_sft_examples(SFTData(teacher_accuracy=0.75), tok)
+    clean = load_sft_examples(SFTDataConfig(), tok)
+    taught = load_sft_examples(SFTDataConfig(teacher_accuracy=0.75), tok)
     changed = sum(a.input_ids != b.input_ids for a, b in zip(clean, taught))
     assert len(clean) == len(taught) == 400 and 60 <= changed <= 140  # 25% of 400 = 100, sd 8.7
     with pytest.raises(ValueError, match="in \\(0, 1\\]"):
-        load_sft_examples(SFTData(teacher_accuracy=0.0), tok)
+        load_sft_examples(SFTDataConfig(teacher_accuracy=0.0), tok)
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps(ROWS[0]) + "\n")
     with pytest.raises(ValueError, match="d.jsonl the data is what it is"):
-        load_sft_examples(SFTData(path=str(data), teacher_accuracy=0.5), tok)
+        load_sft_examples(SFTDataConfig(path=str(data), teacher_accuracy=0.5), tok)
 
 
 def test_rl_code_runs_on_two_processes(tmp_path):
@@ -324,7 +324,7 @@ def test_rl_exact_logprobs_mode_has_no_sampler_trainer_gap(tmp_path, aggregation
                                        "--run.device", "cpu"])
     trainer = RLTrainer(cfg)
     roll = trainer.rollout(trainer.next_problem_indices())
-    roll["rewards"] = [[float(j % 2) for j in range(4)] for _ in roll["rewards"]]  # every group has variance
+    roll.rewards = [[float(j % 2) for j in range(4)] for _ in roll.rewards]  # every group has variance
     adv, keep, stats = trainer.shaped_advantages(roll)
     metrics = trainer.train_on(roll, adv, keep, stats)
     assert metrics["skipped"] == 0.0 and metrics["sampler_logp_diff"] == 0.0

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from vt_core.data import iter_records
 from vt_core.generation import Engine, SamplingParams
+from vt_core.rewards.base import is_correct
 from vt_core.rewards.infra import MAX_INFRA_FRAC, check_infra, infra_record
 from vt_core.rewards.scorer import RewardScorer
 
@@ -90,8 +91,8 @@ def evaluate(engine: Engine, tokenizer, problems: list[dict], *, k: int = 4, par
     own = scorer is None
     scorer = scorer or RewardScorer(max_workers=4)
     try:
-        futures = [scorer.submit_group(p, [c.text if c.text is not None else tokenizer.decode(c.token_ids) for c in group])
-                   for p, group in zip(problems, outputs)]
+        texts = [[c.text if c.text is not None else tokenizer.decode(c.token_ids) for c in group] for group in outputs]
+        futures = [scorer.submit_group(p, group) for p, group in zip(problems, texts)]
         results = [[f.result() for f in row] for row in futures]
     finally:
         if own:
@@ -100,7 +101,7 @@ def evaluate(engine: Engine, tokenizer, problems: list[dict], *, k: int = 4, par
     infra = [[infra_record(r) for r in row] for row in results]
     frac = check_infra([f for row in infra for f in row], f"evaluation of {len(problems)} problems",
                        1.0 if max_infra_frac is None else max_infra_frac)
-    correct = [[r > 0.5 for r in row] for row in rewards]
+    correct = [[is_correct(r) for r in row] for row in rewards]
     subs = [str(p.get("subdomain", p.get("domain", "all"))) for p in problems]
     out = summarize(correct, subs, ks)
     out["rewards"] = rewards
@@ -230,7 +231,8 @@ def format_table(results: dict[str, dict], ks: tuple[int, ...] = (1, 4)) -> str:
         for label, r in rows:
             cells = "".join(f"{100 * r[f'pass@{k}']:>8.1f}%" if f"pass@{k}" in r else f"{'-':>9}" for k in ks if k > 1)
             cells += f"{100 * r['infra_error_frac']:>7.1f}%" if "infra_error_frac" in r else f"{'':>8}"
-            lines.append(f"{label:<28}{r['problems']:>9}{100 * r['pass@1']:>9.1f}%{100 * r['pass@1_stderr']:>6.1f}%" + cells)
+            head = f"{label:<28}{r['problems']:>9}{100 * r['pass@1']:>9.1f}%{100 * r['pass@1_stderr']:>6.1f}%"
+            lines.append(head + cells)
     return "\n".join(lines)
 
 

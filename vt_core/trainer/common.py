@@ -16,6 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -28,9 +29,19 @@ from vt_core.metrics import MetricsLogger
 from vt_core.optim import MasterAdamW, lr_at
 from vt_core.trainer.runtime import Runtime, full_state_dict, seed_everything, setup_runtime, shard_model
 
+Domain = Literal["code", "math", "stem", "instruct"]
+"""An embedded task domain (vt_core.tasks.DOMAINS)."""
+Device = Literal["auto", "cpu", "cuda"]
+"""Where a stage runs: "auto" is CUDA when a device is visible, else CPU."""
+
+SAMPLE_SEED_STRIDE = 1_000_003
+"""Sampling seeds of a phase: problem i in RL step s draws from ``derive_seed(run.seed, s * SAMPLE_SEED_STRIDE + i)``
+(teacher t in distillation: ``t * SAMPLE_SEED_STRIDE + i``). A prime above any problem count, so no two
+(phase, problem) pairs share a seed while there are fewer than 1,000,003 problems."""
+
 
 @dataclass
-class ModelSection:
+class TrainModelConfig:
     """Which model to train."""
 
     path: str = ""
@@ -46,7 +57,7 @@ class ModelSection:
 
 
 @dataclass
-class OptimSection:
+class OptimConfig:
     """AdamW with warmup and cosine decay to a floor."""
 
     lr: float = 1e-5
@@ -61,7 +72,7 @@ class OptimSection:
 
 
 @dataclass
-class RunSection:
+class RunConfig:
     """Run length, outputs and checkpoints."""
 
     out_dir: str = "runs/run"
@@ -76,17 +87,18 @@ class RunSection:
     keep_last: int = 2
     resume: bool = False
     """Continue from the newest checkpoint in out_dir/checkpoints when there is one."""
-    device: str = "auto"
-    """auto | cpu | cuda."""
+    device: Device = "auto"
+    """auto (cuda when visible) | cpu | cuda."""
     progress: bool = True
     """Show a progress bar (rank 0)."""
 
 
-def load_model_and_tokenizer(section: ModelSection, rt: Runtime):
+def load_model_and_tokenizer(section: TrainModelConfig, rt: Runtime):
     """The causal LM (fp32 master weights, or bf16 on one GPU with fp32 masters in the optimizer) and its tokenizer."""
     if section.path:
         if not os.path.isfile(os.path.join(section.path, "config.json")):
-            raise FileNotFoundError(f"--model.path {section.path!r} has no config.json (expected a Hugging Face checkpoint folder)")
+            raise FileNotFoundError(f"--model.path {section.path!r} has no config.json "
+                                    "(expected a Hugging Face checkpoint folder)")
         model = vt_model.load(section.path, device=rt.device)
     else:
         model = vt_model.from_config(tiny_model_config_path(), device=rt.device, seed=section.init_seed)
@@ -112,7 +124,8 @@ class TrainerCore:
         model, self.tokenizer = load_model_and_tokenizer(cfg.model, self.rt)
         self.model = shard_model(model, self.rt)
         o = cfg.optim
-        self.optimizer = MasterAdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.optimizer = MasterAdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                     weight_decay=o.weight_decay)
         self.step = 0
         self.state: dict = {}
         self.skipped_steps = 0
@@ -154,7 +167,7 @@ class TrainerCore:
         finite = math.isfinite(loss_value)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if finite and grads:
-            local = torch.stack([g.float().abs().sum() if not hasattr(g, "to_local") else g.to_local().float().abs().sum()
+            local = torch.stack([(g.to_local() if hasattr(g, "to_local") else g).float().abs().sum()
                                  for g in grads]).sum().item()
             finite = math.isfinite(local)
         finite = self.rt.all_reduce_sum([0.0 if finite else 1.0])[0] == 0.0
@@ -284,4 +297,4 @@ class TrainerCore:
         self.metrics.close()
 
 
-__all__ = ["ModelSection", "OptimSection", "RunSection", "TrainerCore", "load_model_and_tokenizer"]
+__all__ = ["TrainModelConfig", "OptimConfig", "RunConfig", "TrainerCore", "load_model_and_tokenizer"]

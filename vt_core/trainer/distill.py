@@ -31,12 +31,12 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -45,36 +45,31 @@ from vt_core.data import load_tokenizer, pack_examples, tokenize_prompt_completi
 from vt_core.eval import encode_prompt
 from vt_core.generation import Engine, SamplingParams, derive_seed
 from vt_core.kernels import linear_cross_entropy, linear_kl_distill, linear_logprobs
+from vt_core.rewards.base import is_correct
 from vt_core.rewards.scorer import RewardScorer
-from vt_core.trainer.common import load_model_and_tokenizer
+from vt_core.trainer.common import SAMPLE_SEED_STRIDE, Domain, load_model_and_tokenizer
 from vt_core.trainer.rl import load_problems
 from vt_core.trainer.runtime import setup_runtime
 from vt_core.trainer.sft import SFTConfig, SFTTrainer
+from vt_core.trainer.traces import (
+    DistillSelectConfig,
+    Trace,
+    completion_of,
+    length_bucket,
+    read_traces,
+    select_traces,
+    selection_stats,
+    write_traces,
+)
 
 
 @dataclass
-class Trace:
-    """One correct completion of one problem, by one teacher."""
-
-    domain: str
-    problem_id: str
-    prompt: str | list
-    completion: str
-    teacher: int
-    """Index of the teacher checkpoint (in ``sample.teachers``) that sampled it."""
-    num_tokens: int = 0
-    """Completion tokens (under the student's tokenizer once scored)."""
-    score: float = float("nan")
-    """Student NLL per completion token (learning potential); NaN until scored."""
-
-
-@dataclass
-class SampleSection:
+class DistillSampleConfig:
     """Rejection sampling from the teachers."""
 
     teachers: list[str] = field(default_factory=list)
     """Teacher checkpoint folders (the RL experts), comma separated on the command line."""
-    domains: list[str] = field(default_factory=lambda: ["math", "code", "stem"])
+    domains: list[Domain] = field(default_factory=lambda: ["math", "code", "stem"])
     """Embedded task domains whose train split is sampled (ignored when ``path`` is set)."""
     path: str = ""
     """Local JSONL of problems (prompt + verifier fields) instead of the embedded domains."""
@@ -90,23 +85,12 @@ class SampleSection:
 
 
 @dataclass
-class SelectSection:
-    """Which correct traces the student trains on (the rule is in the module docstring)."""
-
-    min_tokens: int = 8
-    length_edges: list[int] = field(default_factory=lambda: [32, 128, 512, 2048])
-    outlier_mad: float = 3.0
-    keep_frac: float = 0.5
-    max_per_problem: int = 2
-
-
-@dataclass
-class KLSection:
+class DistillLossConfig:
     """How the student learns from the selection."""
 
-    mode: str = "sft"
+    mode: Literal["sft", "kl"] = "sft"
     """sft (cross-entropy on the traces) | kl (linear_kl_distill against each trace's teacher)."""
-    kind: str = "forward"
+    kind: Literal["forward", "reverse", "jsd"] = "forward"
     """forward = KL(teacher || student) | reverse | jsd."""
     temperature: float = 1.0
     ce_weight: float = 0.0
@@ -118,13 +102,13 @@ class DistillConfig(SFTConfig):
     """Self-distillation (sections: model = the student, optim, run, data = SFT packing, sample, select, distill).
     ``data.path`` is set to the selection file written under ``run.out_dir``."""
 
-    sample: SampleSection = field(default_factory=SampleSection)
-    select: SelectSection = field(default_factory=SelectSection)
-    distill: KLSection = field(default_factory=KLSection)
+    sample: DistillSampleConfig = field(default_factory=DistillSampleConfig)
+    select: DistillSelectConfig = field(default_factory=DistillSelectConfig)
+    distill: DistillLossConfig = field(default_factory=DistillLossConfig)
 
 
 # -- 1. rejection sampling ----------------------------------------------------------------------
-def rejection_sample(teachers: list[str], problems: list[dict], s: SampleSection, *, device="cpu",
+def rejection_sample(teachers: list[str], problems: list[dict], s: DistillSampleConfig, *, device="cpu",
                      dtype=None, seed: int = 0) -> list[Trace]:
     """Correct, de-duplicated traces of ``problems`` sampled by every teacher (see the module docstring)."""
     traces: list[Trace] = []
@@ -136,7 +120,7 @@ def rejection_sample(teachers: list[str], problems: list[dict], s: SampleSection
             tokenizer = load_tokenizer(path)
             engine = Engine(model, tokenizer, max_tokens_in_cache=s.kv_cache_tokens)
             params = [SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                                     seed=derive_seed(seed, t * 1_000_003 + i)) for i in range(len(problems))]
+                                     seed=derive_seed(seed, t * SAMPLE_SEED_STRIDE + i)) for i in range(len(problems))]
             outs = engine.generate([encode_prompt(tokenizer, p["prompt"]) for p in problems], params, n=s.samples)
             engine.free_cache()
             del engine, model
@@ -145,7 +129,7 @@ def rejection_sample(teachers: list[str], problems: list[dict], s: SampleSection
                 pid = str(p.get("problem_id", p.get("id")))
                 for c, fut in row:
                     key = (pid, c.text)
-                    if fut.result().reward > 0.5 and key not in seen:
+                    if is_correct(fut.result().reward) and key not in seen:
                         seen.add(key)
                         traces.append(Trace(domain=str(p.get("domain", "all")), problem_id=pid, prompt=p["prompt"],
                                             completion=c.text, teacher=t, num_tokens=len(c.token_ids)))
@@ -154,15 +138,10 @@ def rejection_sample(teachers: list[str], problems: list[dict], s: SampleSection
     return traces
 
 
-# -- 2. learning potential ----------------------------------------------------------------------
-def _completion(t: Trace):
-    """The completion in the prompt's form: text, or one assistant turn when the prompt is a chat."""
-    return [{"role": "assistant", "content": t.completion}] if isinstance(t.prompt, list) else t.completion
-
-
+# -- 2. learning potential (3. selection is in vt_core.trainer.traces) ------------------------------
 def trace_examples(tokenizer, traces: list[Trace]):
     """Traces tokenized as SFT examples (loss on the completion, EOS appended)."""
-    return [tokenize_prompt_completion(tokenizer, t.prompt, _completion(t)) for t in traces]
+    return [tokenize_prompt_completion(tokenizer, t.prompt, completion_of(t)) for t in traces]
 
 
 @torch.no_grad()
@@ -187,88 +166,7 @@ def score_traces(model, tokenizer, traces: list[Trace], micro_tokens: int = 8192
     return traces
 
 
-# -- 3. selection -------------------------------------------------------------------------------
-def _median(xs: list[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-def length_bucket(num_tokens: int, edges: list[int]) -> int:
-    """Index of the length bucket: the number of edges <= num_tokens."""
-    return sum(num_tokens >= e for e in edges)
-
-
-def select_traces(traces: list[Trace], cfg: SelectSection) -> list[Trace]:
-    """The documented selection (module docstring, steps a-e); returns the kept traces in input order."""
-    if not 0.0 < cfg.keep_frac <= 1.0:
-        raise ValueError(f"select.keep_frac must be in (0, 1], got {cfg.keep_frac}")
-    if any(math.isnan(t.score) for t in traces):
-        raise ValueError("select_traces: every trace needs a score (run score_traces first)")
-    buckets: dict[tuple[str, int], list[int]] = {}
-    for i, t in enumerate(traces):
-        if t.num_tokens >= cfg.min_tokens:
-            buckets.setdefault((t.domain, length_bucket(t.num_tokens, cfg.length_edges)), []).append(i)
-    kept: list[int] = []
-    for idx in buckets.values():
-        scores = [traces[i].score for i in idx]
-        med = _median(scores)
-        mad = _median([abs(x - med) for x in scores])
-        if cfg.outlier_mad > 0 and mad > 0:
-            idx = [i for i in idx if traces[i].score <= med + cfg.outlier_mad * 1.4826 * mad]
-        idx = sorted(idx, key=lambda i: (-traces[i].score, i))
-        kept.extend(idx[: math.ceil(cfg.keep_frac * len(idx))])
-    if cfg.max_per_problem > 0:
-        per: dict[tuple[str, str], int] = {}
-        capped = []
-        for i in sorted(kept, key=lambda i: (-traces[i].score, i)):
-            key = (traces[i].domain, traces[i].problem_id)
-            if per.get(key, 0) < cfg.max_per_problem:
-                per[key] = per.get(key, 0) + 1
-                capped.append(i)
-        kept = capped
-    return [traces[i] for i in sorted(kept)]
-
-
-def selection_stats(traces: list[Trace], selected: list[Trace], cfg: SelectSection) -> dict:
-    """Counts per (domain, length bucket) before and after selection, and the mean scores."""
-    def counts(ts):
-        out: dict[str, int] = {}
-        for t in ts:
-            key = f"{t.domain}/len{length_bucket(t.num_tokens, cfg.length_edges)}"
-            out[key] = out.get(key, 0) + 1
-        return dict(sorted(out.items()))
-
-    def mean(ts):
-        return sum(t.score for t in ts) / len(ts) if ts else float("nan")
-
-    return {"traces": len(traces), "selected": len(selected), "by_bucket": counts(traces),
-            "selected_by_bucket": counts(selected), "mean_score": mean(traces), "selected_mean_score": mean(selected)}
-
-
-def write_traces(traces: list[Trace], path: str | Path) -> Path:
-    """JSONL with one row per trace (prompt / completion, so the SFT loader reads it, plus the trace fields)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps({**asdict(t), "completion": _completion(t)}) + "\n" for t in traces),
-                   encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def read_traces(path: str | Path) -> list[Trace]:
-    traces = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                if isinstance(row["completion"], list):
-                    row["completion"] = row["completion"][0]["content"]
-                traces.append(Trace(**row))
-    return traces
-
-
+# -- SFT data from the embedded tasks (the warm starts of the RL recipes) ----------------------
 def write_task_sft_data(domains: list[str], path: str | Path, per_domain: int = 0, chat: bool = False) -> Path:
     """SFT data from the embedded tasks' train split with their reference solutions, as JSONL: rows
     {"prompt", "completion"} (plain text, as RL encodes prompts), or {"messages"} with ``chat`` (rendered
@@ -404,7 +302,8 @@ def run_distill(cfg: DistillConfig) -> dict:
 
 
 __all__ = [
-    "DistillConfig", "DistillTrainer", "KLSection", "SampleSection", "SelectSection", "Trace", "build_selection",
+    "DistillConfig", "DistillTrainer", "DistillLossConfig", "DistillSampleConfig", "DistillSelectConfig", "Trace",
+    "build_selection",
     "length_bucket", "mean_kl", "read_traces", "rejection_sample", "run_distill", "score_traces", "select_traces",
     "selection_stats", "trace_examples", "write_task_sft_data", "write_traces",
 ]

@@ -14,7 +14,7 @@ Probing set: ``probe.path`` (a local JSONL of problems with a ``subdomain`` fiel
 held-out split of ``probe.domain`` from its end: the last ``probe.per_subdomain`` problems of each
 subdomain, so it stays disjoint from evaluations that use the first problems of the split.
 
-    prober = DiversityProber(ProbeSection(every=20, domain="math"), "runs/sft2")
+    prober = DiversityProber(ProbeConfig(every=20, domain="math"), "runs/sft2")
     trainer = SFTTrainer(cfg); trainer.step_hooks.append(prober); trainer.fit()
     prober.fuse("runs/sft2/fused")
 """
@@ -32,17 +32,18 @@ import torch
 from vt_core.eval import evaluate
 from vt_core.generation import SamplingParams
 from vt_core.merge import merge_checkpoints
+from vt_core.trainer.common import Domain
 from vt_core.trainer.rl import load_problems
 from vt_core.trainer.runtime import full_state_dict
 
 
 @dataclass
-class ProbeSection:
+class ProbeConfig:
     """Diversity probing during SFT."""
 
     every: int = 0
     """Probe every N optimizer steps (and at the last step); 0 turns probing off."""
-    domain: str = "math"
+    domain: Domain = "math"
     """Embedded task domain of the probing set (its held-out subdomains), when ``path`` is empty."""
     path: str = ""
     """Local JSONL probing set (prompt + verifier fields + subdomain)."""
@@ -55,7 +56,7 @@ class ProbeSection:
     kv_cache_tokens: int = 65536
 
 
-def probing_set(cfg: ProbeSection) -> list[dict]:
+def probing_set(cfg: ProbeConfig) -> list[dict]:
     """The probing problems: up to ``per_subdomain`` per subdomain, taken from the end of the source."""
     rows = load_problems(cfg.path, cfg.domain, "heldout")
     by_sub: dict[str, list[dict]] = {}
@@ -69,7 +70,7 @@ def probing_set(cfg: ProbeSection) -> list[dict]:
 class DiversityProber:
     """A SFTTrainer step hook: probe, keep the best checkpoint per subdomain, fuse them at the end."""
 
-    def __init__(self, cfg: ProbeSection, out_dir: str | os.PathLike):
+    def __init__(self, cfg: ProbeConfig, out_dir: str | os.PathLike):
         if cfg.k < 1 or cfg.per_subdomain < 1:
             raise ValueError(f"probe.k and probe.per_subdomain must be >= 1, got {cfg.k} and {cfg.per_subdomain}")
         self.cfg = cfg
@@ -132,4 +133,4 @@ class DiversityProber:
         return merge_checkpoints(paths, output, weights, overwrite=True)
 
 
-__all__ = ["DiversityProber", "ProbeSection", "probing_set"]
+__all__ = ["DiversityProber", "ProbeConfig", "probing_set"]

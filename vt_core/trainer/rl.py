@@ -19,113 +19,48 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from vt_core import model as vt_model
 from vt_core.data import pack_rl, pack_rl_shared, shared_prompt_attention
 from vt_core.eval import encode_prompt, evaluate, summarize
-from vt_core.generation import SamplingParams, derive_seed
+from vt_core.generation import Completion, SamplingParams, derive_seed
 from vt_core.generation.exact import pad_for_invariance, per_document_attention
 from vt_core.kernels import RLLossConfig, group_advantages, linear_logprobs, linear_rl_loss
+from vt_core.rewards.base import is_correct
 from vt_core.rewards.infra import check_infra, infra_record
 from vt_core.rewards.scorer import RewardScorer
 from vt_core.rewards.selfcheck import self_check, verifiers_of
 from vt_core.rewards.shaping import apply_overlong_penalty, long2short
-from vt_core.trainer.common import ModelSection, OptimSection, RunSection, TrainerCore
+from vt_core.trainer.common import SAMPLE_SEED_STRIDE, TrainerCore
+from vt_core.trainer.rl_config import RLAlgoConfig, RLConfig, RLDataConfig, RLEvalConfig, RLGenConfig
+
+EPOCH_SEED_STRIDE = 7919
+"""The problem order of epoch e is a permutation seeded with ``run.seed * EPOCH_SEED_STRIDE + e``: a prime, so
+runs with different seeds see different orders in each of their first 7,919 epochs."""
 
 
 @dataclass
-class RLData:
-    """Problems to train and evaluate on."""
+class Rollout:
+    """What :meth:`RLTrainer.rollout` returns: this process's share of a step's problems, each with its group of
+    ``data.group_size`` samples; every list is indexed like ``indices`` (then by sample within the group)."""
 
-    path: str = ""
-    """Local JSONL of problems (prompt + verifier fields). Empty: the embedded tasks of ``domain``."""
-    heldout_path: str = ""
-    """Held-out problems for before/after evaluation. Empty: the embedded held-out split."""
-    domain: str = "code"
-    """Embedded task set used when the paths are empty: code | math | stem | instruct."""
-    prompts_per_step: int = 64
-    group_size: int = 8
-    """Samples per prompt (the GRPO group)."""
-    max_prompt_tokens: int = 1024
-    """Longer prompts are dropped when the stage starts (counted in the log)."""
-
-
-@dataclass
-class GenSection:
-    """Sampling during RL."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 256
-    kv_cache_tokens: int = 262144
-    """KV cache size of the engine, in tokens."""
-    reward_workers: int = 4
-    """Verifier threads (each code verification runs in its own sandboxed process)."""
-    exact_logprobs: bool = False
-    """Record the sampler's logprobs with the trainer's own forward (Engine(exact_logprobs=True)) and run the
-    training forward in the same batch-invariant form (per-document attention, invariance padding), so the
-    ratio's denominator is exactly the trainer's: sampler_logp_diff is 0 in fp32 on CPU. Costs one extra
-    forward over the rollout and a slower attention in training."""
-
-
-@dataclass
-class AlgoSection:
-    """Advantages, filtering and shaping."""
-
-    estimator: str = "grpo"
-    """grpo | dr_grpo | rloo | reinforce_pp."""
-    mgpo_lambda: float = 0.0
-    """MGPO weight exp(-lambda * KL(p || 0.5)) on each group's advantages; 0 is plain GRPO."""
-    drop_zero_variance: bool = True
-    """Drop groups whose rewards are all equal before backward (dynamic filtering)."""
-    overlong_buffer: int = 0
-    """Linear overlong penalty over the last N tokens of max_new_tokens (0: off)."""
-    overlong_coef: float = 1.0
-    long2short_lambda: float = 0.0
-    """Zero-sum Long2Short bonus for shorter correct answers (0: off; VibeThinker uses 0.2)."""
-    updates_per_batch: int = 1
-    """Optimizer steps per rollout batch; > 1 switches to old-logprob mode."""
-    micro_tokens: int = 8192
-    """Token budget of one packed training micro-batch."""
-    share_prompts: bool = False
-    """Training forward with each group's prompt once (vt_core.data.pack_rl_shared): the same loss and
-    gradients, (L - 1) + sum(1 + |c|) tokens per group instead of sum(L + |c|). Its attention is a dense masked
-    SDPA per (sub-)group, so it is for short completions, as in the embedded default; not with
-    --gen.exact_logprobs (whose bitwise forward is the unshared one)."""
-    share_max_tokens: int = 2048
-    """With share_prompts: groups are split into sub-groups of at most this many tokens (the dense mask's
-    width), and a step with a (prompt, completion) pair longer than this trains unshared (pack_rl)."""
-
-
-@dataclass
-class EvalSection:
-    """Held-out evaluation before and after training (and every N steps)."""
-
-    problems: int = 256
-    """Held-out problems evaluated (the first N)."""
-    samples: int = 4
-    """Samples per problem (pass@1 is their mean; pass@k from the same samples)."""
-    temperature: float = 1.0
-    every: int = 0
-    """Also evaluate every N steps (0: only before and after)."""
-
-
-@dataclass
-class RLConfig:
-    """RL stage config (sections: model, optim, run, data, gen, algo, loss, eval)."""
-
-    model: ModelSection = field(default_factory=ModelSection)
-    optim: OptimSection = field(default_factory=lambda: OptimSection(lr=1e-6, max_grad_norm=1.0))
-    run: RunSection = field(default_factory=lambda: RunSection(out_dir="runs/rl"))
-    data: RLData = field(default_factory=RLData)
-    gen: GenSection = field(default_factory=GenSection)
-    algo: AlgoSection = field(default_factory=AlgoSection)
-    loss: RLLossConfig = field(default_factory=RLLossConfig)
-    eval: EvalSection = field(default_factory=EvalSection)
+    positions: list[int]
+    """Position of each problem in the step's global problem list (the order advantages are computed in)."""
+    indices: list[int]
+    """Index of each problem in the trainer's problem set."""
+    outputs: list[list[Completion]]
+    """The sampled completions (token ids, sampler logprobs, finish reason)."""
+    rewards: list[list[float]]
+    """The verifier's reward of each completion (before shaping)."""
+    infra: list[list[tuple[str, str] | None]]
+    """None, or (cause, stderr) of an infrastructure failure (vt_core.rewards.infra.infra_record)."""
+    gen_s: float
+    """Wall time of generation (scoring overlaps it)."""
+    score_s: float
+    """Wall time spent waiting for the rewards after generation ended."""
 
 
 def load_problems(path: str, domain: str, split: str) -> list[dict]:
@@ -175,7 +110,7 @@ class RLTrainer(TrainerCore):
         n, out = self.cfg.data.prompts_per_step, []
         scanned = 0
         while len(out) < n:
-            g = torch.Generator().manual_seed(self.cfg.run.seed * 7919 + self.state["epoch"])
+            g = torch.Generator().manual_seed(self.cfg.run.seed * EPOCH_SEED_STRIDE + self.state["epoch"])
             order = torch.randperm(len(self.problems), generator=g).tolist()
             while len(out) < n and self.state["index"] < len(order):
                 i = order[self.state["index"]]
@@ -196,11 +131,12 @@ class RLTrainer(TrainerCore):
         return SamplingParams(temperature=g.temperature if temperature is None else temperature, top_p=g.top_p,
                               top_k=g.top_k, max_new_tokens=g.max_new_tokens, seed=seed)
 
-    def rollout(self, indices: list[int]) -> dict:
-        """Generate and score this process's share of ``indices``; returns per-sample lists."""
+    def rollout(self, indices: list[int]) -> Rollout:
+        """Generate and score this process's share of ``indices`` (problem ``indices[pos]`` goes to process
+        ``pos % world_size``)."""
         rt, n = self.rt, self.cfg.data.group_size
         mine = [(pos, i) for pos, i in enumerate(indices) if pos % rt.world_size == rt.rank]
-        seeds = [derive_seed(self.cfg.run.seed, self.step * 1_000_003 + i) for _, i in mine]
+        seeds = [derive_seed(self.cfg.run.seed, self.step * SAMPLE_SEED_STRIDE + i) for _, i in mine]
         futures, done = {}, {}
 
         def score_when_done(p: int, j: int, completion) -> None:  # rewards run while others still generate
@@ -216,13 +152,13 @@ class RLTrainer(TrainerCore):
                                    n=n, on_finish=score_when_done)
         gen_s = time.perf_counter() - t0
         results = [[futures[p, j].result() for j in range(n)] for p in range(len(mine))]
-        return {"positions": [pos for pos, _ in mine], "indices": [i for _, i in mine], "outputs": outs,
-                "rewards": [[r.reward for r in row] for row in results],
-                "infra": [[infra_record(r) for r in row] for row in results],
-                "gen_s": gen_s, "score_s": time.perf_counter() - t0 - gen_s}
+        return Rollout(positions=[pos for pos, _ in mine], indices=[i for _, i in mine], outputs=outs,
+                       rewards=[[r.reward for r in row] for row in results],
+                       infra=[[infra_record(r) for r in row] for row in results],
+                       gen_s=gen_s, score_s=time.perf_counter() - t0 - gen_s)
 
     # -- training -------------------------------------------------------------------------------
-    def shaped_advantages(self, roll: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def shaped_advantages(self, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Global (all processes) shaping and advantages; returns this process's advantages, keep mask, stats.
 
         Infrastructure failures (rewards that are not facts about their completion) are counted as
@@ -230,7 +166,7 @@ class RLTrainer(TrainerCore):
         samples hit one raises InfrastructureFailure on every process (the same gathered numbers)."""
         rt, a, n = self.rt, self.cfg.algo, self.cfg.data.group_size
         local = {pos: (r, [len(c.token_ids) for c in g], [c.finish_reason for c in g], f)
-                 for pos, r, g, f in zip(roll["positions"], roll["rewards"], roll["outputs"], roll["infra"])}
+                 for pos, r, g, f in zip(roll.positions, roll.rewards, roll.outputs, roll.infra)}
         for part in rt.gather_objects(local):
             local.update(part)
         order = sorted(local)
@@ -240,81 +176,106 @@ class RLTrainer(TrainerCore):
         lengths = torch.tensor([x for pos in order for x in local[pos][1]], dtype=torch.float32)
         raw = rewards.clone()
         if a.overlong_buffer:
-            rewards = apply_overlong_penalty(rewards, lengths, self.cfg.gen.max_new_tokens, a.overlong_buffer, a.overlong_coef)
+            rewards = apply_overlong_penalty(rewards, lengths, self.cfg.gen.max_new_tokens, a.overlong_buffer,
+                                             a.overlong_coef)
         if a.long2short_lambda:
-            rewards = long2short(rewards, lengths.clamp(min=1), group_size=n, correct=raw > 0.5, lam=a.long2short_lambda)
+            rewards = long2short(rewards, lengths.clamp(min=1), group_size=n, correct=is_correct(raw),
+                                 lam=a.long2short_lambda)
         adv, _, zero_var = group_advantages(rewards, group_size=n, estimator=a.estimator, mgpo_lambda=a.mgpo_lambda,
                                             return_zero_variance=True)
         keep = ~zero_var if a.drop_zero_variance else torch.ones_like(zero_var)
         infra_group = torch.tensor([f is not None for f in failures]).view(-1, n).any(dim=1)
         keep &= ~infra_group.repeat_interleave(n)
         truncated = sum(fr == "length" for pos in order for fr in local[pos][2])
-        stats = {"reward": float(rewards.mean()), "pass_rate": float((raw > 0.5).float().mean()),
+        stats = {"reward": float(rewards.mean()), "pass_rate": float(is_correct(raw).float().mean()),
                  "infra_error_frac": infra_frac,
                  "zero_variance_frac": float(zero_var.float().view(-1, n)[:, 0].mean()),
                  "truncation_ratio": truncated / len(raw), "response_len": float(lengths.mean())}
         rows = {pos: k for k, pos in enumerate(order)}
-        sel = torch.tensor([rows[pos] * n + j for pos in roll["positions"] for j in range(n)], dtype=torch.long)
+        sel = torch.tensor([rows[pos] * n + j for pos in roll.positions for j in range(n)], dtype=torch.long)
         global_kept = int(keep.sum())
         kept_tokens = int(lengths[keep].sum())
         return adv[sel], keep[sel], {**stats, "kept_samples": global_kept, "kept_tokens": kept_tokens}
 
-    def train_on(self, roll: dict, adv: torch.Tensor, keep: torch.Tensor, stats: dict) -> dict:
-        rt, cfg = self.rt, self.cfg
+    def train_on(self, roll: Rollout, adv: torch.Tensor, keep: torch.Tensor, stats: dict) -> dict:
+        """The optimizer step(s) on one rollout batch: pack the kept samples, run the micro-batches
+        (``algo.updates_per_batch`` times, one optimizer step each) and reduce the loss and metrics over
+        processes. ``adv`` and ``keep`` are this process's, ``stats`` the global ones of shaped_advantages."""
+        if stats["kept_samples"] == 0:
+            return {"loss": 0.0, "skipped": 1.0}
+        micro, logps, advs = self.pack_kept(roll, adv, keep)
+        loss_cfg = self.loss_config(stats["kept_samples"])
+        total_units = stats["kept_tokens"] if loss_cfg.aggregation == "token_mean" else stats["kept_samples"]
+        updates = self.cfg.algo.updates_per_batch
+        old, loss_total, metrics, result = None, 0.0, {}, {}
+        most = self.rt.all_reduce_max(len(micro))  # FSDP2: every process runs as many passes (idle_passes)
+        for _ in range(updates):
+            if updates > 1 and old is None:
+                with torch.no_grad():
+                    old = [self._logprobs(self.model, mb) for mb in micro]
+                self.idle_passes(len(micro), most, backward=False)
+            loss_total, metrics = self.run_micro_batches(micro, logps, advs, old, loss_cfg, total_units)
+            self.idle_passes(len(micro), most)
+            loss_total, metrics = self.reduce_metrics(loss_total, metrics)
+            result = self.optimizer_step(loss_total)
+        return {"loss": loss_total, **metrics, **result}
+
+    def pack_kept(self, roll: Rollout, adv: torch.Tensor, keep: torch.Tensor) -> tuple[list, list, list[float]]:
+        """This process's kept samples that have completion tokens, packed into training micro-batches, with
+        their sampler logprobs and advantages (in sample-id order, as the micro-batches scatter them)."""
         prompts, comps, logps, advs = [], [], [], []
-        flat = [(i, c) for i, g in zip(roll["indices"], roll["outputs"]) for c in g]
+        flat = [(i, c) for i, g in zip(roll.indices, roll.outputs) for c in g]
         for (i, c), a, k in zip(flat, adv.tolist(), keep.tolist()):
             if k and c.token_ids:
                 prompts.append(self.prompt_ids(i))
                 comps.append(c.token_ids)
                 logps.append(torch.tensor(c.logprobs))
                 advs.append(a)
-        metrics_acc: dict[str, float] = {}
-        loss_total = 0.0
-        if stats["kept_samples"] == 0:
-            return {"loss": 0.0, "skipped": 1.0}
-        loss_cfg = cfg.loss
-        if loss_cfg.aggregation == "constant" and not loss_cfg.max_tokens:
-            loss_cfg = RLLossConfig(**{**loss_cfg.__dict__, "max_tokens": stats["kept_samples"] * cfg.gen.max_new_tokens})
         micro = self.pack(prompts, comps)
-        if cfg.gen.exact_logprobs:  # per-token values scattered onto [T] keep their indices
+        if self.cfg.gen.exact_logprobs:  # per-token values scattered onto [T] keep their indices
             micro = [dataclasses.replace(mb, batch=pad_for_invariance(mb.batch)) for mb in micro]
-        unit = "tokens" if loss_cfg.aggregation == "token_mean" else "seqs"
-        total_units = stats["kept_tokens"] if unit == "tokens" else stats["kept_samples"]
-        old = None
-        result = {}
-        most = rt.all_reduce_max(len(micro))  # FSDP2: every process runs as many passes (idle_passes)
-        for update in range(cfg.algo.updates_per_batch):
-            if cfg.algo.updates_per_batch > 1 and old is None:
-                with torch.no_grad():
-                    old = [self._logprobs(self.model, mb) for mb in micro]
-                self.idle_passes(len(micro), most, backward=False)
-            loss_total, metrics_acc = 0.0, {}
-            for m, mb in enumerate(micro):
-                mb = mb.to(rt.device)
-                b = mb.batch
-                rollout = mb.scatter_tokens(logps).to(rt.device)
-                adv_t = mb.scatter_samples(torch.tensor(advs)).to(rt.device)
-                ref = self._logprobs(self.ref_model, mb) if self.ref_model is not None else None
-                hidden = self._forward(self.model, mb)
-                weight = self.model.lm_head_weight  # after forward: unsharded under FSDP2
-                loss, met = linear_rl_loss(hidden, weight, b.targets, adv_t, b.loss_mask, b.cu_seqlens,
-                                           old_logprobs=None if old is None else old[m], ref_logprobs=ref,
-                                           rollout_logprobs=rollout, config=loss_cfg)
-                units = int(b.loss_mask.sum()) if unit == "tokens" else len(mb.sample_ids)
-                share = units / max(total_units, 1) if loss_cfg.aggregation != "constant" else 1.0
-                self.backward(loss, share)
-                loss_total += float(loss.detach()) * share
-                for k, v in met.items():
-                    metrics_acc[k] = metrics_acc.get(k, 0.0) + float(v) * share
-            self.idle_passes(len(micro), most)
-            # a process that had no micro-batch has no metric names of its own
-            names = sorted(set().union(*rt.gather_objects(sorted(metrics_acc))))
-            summed = rt.all_reduce_sum([loss_total] + [metrics_acc.get(k, 0.0) for k in names])
-            loss_total = summed[0]
-            metrics_acc = dict(zip(names, summed[1:]))
-            result = self.optimizer_step(loss_total)
-        return {"loss": loss_total, **metrics_acc, **result}
+        return micro, logps, advs
+
+    def loss_config(self, kept_samples: int) -> RLLossConfig:
+        """``cfg.loss``; the "constant" aggregation without max_tokens normalises by the step's largest
+        possible token count (kept samples x max_new_tokens)."""
+        loss_cfg = self.cfg.loss
+        if loss_cfg.aggregation == "constant" and not loss_cfg.max_tokens:
+            max_tokens = kept_samples * self.cfg.gen.max_new_tokens
+            loss_cfg = RLLossConfig(**{**loss_cfg.__dict__, "max_tokens": max_tokens})
+        return loss_cfg
+
+    def run_micro_batches(self, micro: list, logps: list, advs: list[float], old: list | None,
+                          loss_cfg: RLLossConfig, total_units: int) -> tuple[float, dict[str, float]]:
+        """Forward, loss and backward of each micro-batch, scaled by its share of the global batch (tokens for
+        token_mean, sequences otherwise, 1 for constant); returns this process's scaled loss and metric sums."""
+        rt = self.rt
+        loss_total, acc = 0.0, {}
+        for m, mb in enumerate(micro):
+            mb = mb.to(rt.device)
+            b = mb.batch
+            rollout = mb.scatter_tokens(logps).to(rt.device)
+            adv_t = mb.scatter_samples(torch.tensor(advs)).to(rt.device)
+            ref = self._logprobs(self.ref_model, mb) if self.ref_model is not None else None
+            hidden = self._forward(self.model, mb)
+            weight = self.model.lm_head_weight  # after forward: unsharded under FSDP2
+            loss, met = linear_rl_loss(hidden, weight, b.targets, adv_t, b.loss_mask, b.cu_seqlens,
+                                       old_logprobs=None if old is None else old[m], ref_logprobs=ref,
+                                       rollout_logprobs=rollout, config=loss_cfg)
+            units = int(b.loss_mask.sum()) if loss_cfg.aggregation == "token_mean" else len(mb.sample_ids)
+            share = units / max(total_units, 1) if loss_cfg.aggregation != "constant" else 1.0
+            self.backward(loss, share)
+            loss_total += float(loss.detach()) * share
+            for k, v in met.items():
+                acc[k] = acc.get(k, 0.0) + float(v) * share
+        return loss_total, acc
+
+    def reduce_metrics(self, loss_total: float, acc: dict[str, float]) -> tuple[float, dict[str, float]]:
+        """The loss and metric sums over every process (the union of names: a process that had no
+        micro-batch has no metric names of its own)."""
+        names = sorted(set().union(*self.rt.gather_objects(sorted(acc))))
+        summed = self.rt.all_reduce_sum([loss_total] + [acc.get(k, 0.0) for k in names])
+        return summed[0], dict(zip(names, summed[1:]))
 
     def pack(self, prompts: list[list[int]], comps: list[list[int]]) -> list:
         """Training micro-batches of the kept (prompt, completion) pairs: prompt-shared when share_prompts is on
@@ -352,7 +313,7 @@ class RLTrainer(TrainerCore):
         with self.generation_phase(self.cfg.gen.kv_cache_tokens) as engine:
             res = evaluate(engine, self.tokenizer, [p for _, p in mine], k=e.samples, params=params,
                            ks=(1, e.samples), scorer=self.scorer, seed=10_000 + rt.rank, max_infra_frac=None)
-        rows = {i: ([r > 0.5 for r in row], f) for (i, _), row, f in zip(mine, res["rewards"], res["infra"])}
+        rows = {i: ([is_correct(r) for r in row], f) for (i, _), row, f in zip(mine, res["rewards"], res["infra"])}
         for part in rt.gather_objects(rows):
             rows.update(part)
         infra_frac = check_infra([f for i in sorted(rows) for f in rows[i][1]], f"held-out evaluation {label}")
@@ -375,7 +336,7 @@ class RLTrainer(TrainerCore):
             t1 = time.perf_counter()
             metrics = self.train_on(roll, adv, keep, stats)
             metrics.update(stats)
-            metrics.update({"gen_s": roll["gen_s"], "score_s": roll["score_s"], "train_s": time.perf_counter() - t1,
+            metrics.update({"gen_s": roll.gen_s, "score_s": roll.score_s, "train_s": time.perf_counter() - t1,
                             "step_s": time.perf_counter() - t0})
             if metrics.get("skipped") and stats["kept_samples"] == 0:
                 self.step += 1  # a batch with nothing to learn from still counts as a step
@@ -399,4 +360,5 @@ def run_rl(cfg: RLConfig) -> dict:
     return RLTrainer(cfg).fit()
 
 
-__all__ = ["RLConfig", "RLData", "GenSection", "AlgoSection", "EvalSection", "RLTrainer", "run_rl", "load_problems"]
+__all__ = ["RLConfig", "RLDataConfig", "RLGenConfig", "RLAlgoConfig", "RLEvalConfig", "RLTrainer", "Rollout", "run_rl",
+           "load_problems"]

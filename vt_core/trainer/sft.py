@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from vt_core.data import PackedBatch, TokenizedExample, load_examples, pack_examples, tokenize_row
 from vt_core.kernels import linear_cross_entropy
-from vt_core.trainer.common import ModelSection, OptimSection, RunSection, TrainerCore
+from vt_core.trainer.common import OptimConfig, RunConfig, TrainerCore, TrainModelConfig
 
 
 @dataclass
-class SFTData:
+class SFTDataConfig:
     """What to train on."""
 
     path: str = ""
@@ -37,7 +38,7 @@ class SFTData:
     """Keep only examples of at least this many tokens (stage 2: long traces); 0 keeps all."""
     max_examples: int = 0
     """Use only the first N examples (0: all)."""
-    overflow: str = "truncate"
+    overflow: Literal["truncate", "error"] = "truncate"
     """Examples longer than max_tokens: truncate | error."""
     teacher_accuracy: float = 1.0
     """Embedded code tasks only: the fraction of SFT traces that are right. Below 1 the rest are a simulated
@@ -49,13 +50,13 @@ class SFTData:
 class SFTConfig:
     """SFT stage config (sections: model, optim, run, data)."""
 
-    model: ModelSection = field(default_factory=ModelSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    run: RunSection = field(default_factory=lambda: RunSection(out_dir="runs/sft"))
-    data: SFTData = field(default_factory=SFTData)
+    model: TrainModelConfig = field(default_factory=TrainModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/sft"))
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
 
 
-def load_sft_examples(data: SFTData, tokenizer) -> list[TokenizedExample]:
+def load_sft_examples(data: SFTDataConfig, tokenizer) -> list[TokenizedExample]:
     """Tokenized training examples (with loss masks) after the stage-2 length filter."""
     if not 0.0 < data.teacher_accuracy <= 1.0:
         raise ValueError(f"--data.teacher_accuracy must be in (0, 1], got {data.teacher_accuracy}")
@@ -169,4 +170,4 @@ def run_sft(cfg: SFTConfig) -> dict:
     return trainer.fit()
 
 
-__all__ = ["SFTConfig", "SFTData", "SFTTrainer", "run_sft", "load_sft_examples"]
+__all__ = ["SFTConfig", "SFTDataConfig", "SFTTrainer", "run_sft", "load_sft_examples"]
