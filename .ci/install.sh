@@ -57,8 +57,12 @@ EOF
   exit 0
 fi
 
+# What an install depends on: the build and dependency files, the C++/CUDA sources, and the list of Python
+# files (the editable install maps each module to its file when it is made, so a moved or new module needs a
+# new install), plus which versions and which interpreter.
 stamp_key() {
-  { cat pyproject.toml CMakeLists.txt "$CONSTRAINTS" .ci/install.sh csrc/*; echo "$DEPS"; "${PY[@]}" -c 'import sys; print(sys.prefix, sys.executable)'; } | sha256sum | cut -c1-32
+  { cat pyproject.toml CMakeLists.txt "$CONSTRAINTS" .ci/install.sh csrc/*; find kernels vt_core -name '*.py' | sort
+    echo "$DEPS"; "${PY[@]}" -c 'import sys; print(sys.prefix, sys.executable)'; } | sha256sum | cut -c1-32
 }
 STAMP="build/install-stamp-$("${PY[@]}" -c 'import hashlib, sys; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:12])')"
 key=$(stamp_key)
