@@ -1,7 +1,10 @@
 """vt_core.kernels: fused losses, packed attention and sampling on packed tokens (no padding, no [T, V] logits).
 
-Every op dispatches on ``VT_BACKEND`` (see ``_dispatch``) and has a chunked pure-torch reference beside
-its Triton/CUDA path. Installed as ``vt_core.kernels`` (never a top-level ``kernels`` import).
+One folder per op with fixed file roles: ``__init__.py`` (public functions: checks, docstring, dispatch),
+``fused.py`` (Triton kernels, launchers, CUDA launch tables), ``function.py`` (autograd Functions), ``chunked.py``
+(the pure-torch path: the CPU path and the bench baseline), ``naive.py`` (the readable oracle the tests and benches
+share), ``native.py`` (vt_core._C wrappers). Every op dispatches on ``VT_BACKEND`` (see ``_dispatch``); the
+linear-head ops share ``_linear``. Installed as ``vt_core.kernels`` (never a top-level ``kernels`` import).
 """
 
 if __name__ == "kernels":
@@ -40,10 +43,16 @@ else:
     from .advantages import expand_to_tokens, group_advantages
     from .cross_entropy import linear_cross_entropy
     from .kl_distill import linear_kl_distill
-    from .linear_logprobs import TokenStats, linear_logprobs, linear_logprobs_reference, linear_token_stats
+    from .linear_logprobs import (
+        TokenStats,
+        linear_logprobs,
+        linear_logprobs_reference,
+        linear_logprobs_torch,
+        linear_token_stats,
+    )
     from .rl_loss import RLLossConfig, linear_rl_loss, rl_loss_from_logprobs
-    from .packing import packing_metadata, packing_metadata_reference
-    from .sampling import sample, sample_reference
+    from .packing import packing_metadata, packing_metadata_reference, packing_metadata_torch
+    from .sampling import sample, sample_reference, sample_torch
 
     __all__ = [
         "requested_backend",
@@ -57,8 +66,10 @@ else:
         "linear_kl_distill",
         "packing_metadata",
         "packing_metadata_reference",
+        "packing_metadata_torch",
         "linear_logprobs",
         "linear_logprobs_reference",
+        "linear_logprobs_torch",
         "linear_token_stats",
         "TokenStats",
         "linear_cross_entropy",
@@ -69,4 +80,5 @@ else:
         "expand_to_tokens",
         "sample",
         "sample_reference",
+        "sample_torch",
     ]

@@ -13,7 +13,8 @@ D = p log(p / 0.5) + (1 - p) log((1 - p) / 0.5) (0 log 0 = 0), w = exp(-mgpo_lam
 advantages are multiplied by w, so groups near a 50% pass rate weigh most. mgpo_lambda = 0 gives w = 1.
 
 Everything is [N]-sized torch (scatter-add over groups); there is nothing here worth a kernel. To use a
-per-sample advantage in ``linear_rl_loss`` expand it to tokens with :func:`expand_to_tokens`.
+per-sample advantage in ``linear_rl_loss`` expand it to tokens with :func:`expand_to_tokens`. ``naive.py`` holds
+the readable oracle, a per-group Python loop (``group_advantages_naive``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .naive import group_advantages_naive
 
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
 
@@ -106,3 +109,6 @@ def expand_to_tokens(values: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Te
         )
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int64)
     return torch.repeat_interleave(values, lengths.to(values.device))
+
+
+__all__ = ["ESTIMATORS", "expand_to_tokens", "group_advantages", "group_advantages_naive"]

@@ -6,7 +6,8 @@ Per token with a target (targets != ignore_index), from the fused statistics of 
     loss_t = (1 - eps) * (lse - z_y) + eps * (lse - S / V) + z_loss * lse**2
 
 which is torch's ``cross_entropy`` with ``label_smoothing=eps`` plus the PaLM z-loss. The Triton and
-torch paths and the backward live in ``linear_logprobs``; this file is [T]-sized math on top. Reductions
+torch paths and the backward live in ``kernels/linear_logprobs/``; this file is [T]-sized math on top, and
+``naive.py`` the readable oracle (``linear_cross_entropy_naive``, also the bench baseline). Reductions
 "mean" and "sum" are a sum of per-token terms, so their gradient is taken in the forward
 (``linear_token_loss``, 6 T D V flops instead of 8) whenever gradients are needed; "none" (any upstream
 gradient) recomputes the logits in the backward.
@@ -18,7 +19,9 @@ from typing import Optional
 
 import torch
 
-from .linear_logprobs import GRAD_MODES, check_linear_inputs, linear_token_loss, linear_token_stats
+from .._linear import GRAD_MODES, check_linear_inputs
+from ..linear_logprobs import linear_token_loss, linear_token_stats
+from .naive import linear_cross_entropy_naive
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -75,3 +78,6 @@ def linear_cross_entropy(
         return token_loss(stats, slice(0, hidden.shape[0]))
     return linear_token_loss(hidden, weight, ids, token_loss, logit_sum=label_smoothing > 0, backend=backend,
                              grad_mode=grad_mode)[0]
+
+
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_naive"]

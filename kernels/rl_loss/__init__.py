@@ -30,6 +30,8 @@ Aggregation over loss_mask (m): token_mean = sum(m loss) / sum(m); seq_mean_toke
 sequences with at least one masked token of their token mean; seq_mean_token_sum = the same mean of
 their token sums; constant = sum(m loss) / max_tokens (Dr.GRPO: set max_tokens to the number of
 sequences in the global batch times the generation budget, a constant independent of lengths).
+
+``naive.py`` holds the readable oracle (``rl_loss_naive``: the formula above as a loop over sequences and tokens).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ from typing import Optional
 
 import torch
 
-from .linear_logprobs import check_linear_inputs, linear_token_loss, linear_token_stats, wants_fused_grad
+from .._linear import check_linear_inputs, wants_fused_grad
+from ..linear_logprobs import linear_token_loss, linear_token_stats
+from .naive import rl_loss_naive
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant")
 
@@ -203,7 +207,10 @@ class _RLTerms:
         loss_tok = pg
         if ref is not None:
             d = ref - logprobs
-            kl = -d if c.kl_estimator == "k1" else (0.5 * d.square() if c.kl_estimator == "k2" else torch.exp(d) - d - 1)
+            if c.kl_estimator == "k1":
+                kl = -d
+            else:
+                kl = 0.5 * d.square() if c.kl_estimator == "k2" else torch.exp(d) - d - 1
             metrics["kl_mean"] = kl.detach()
             if c.beta > 0:
                 loss_tok = loss_tok + c.beta * kl
@@ -303,3 +310,6 @@ def linear_rl_loss(
         return loss, terms.metrics(stats.target_logit - stats.lse, stats.entropy)
     stats = linear_token_stats(hidden, weight, targets, config.temperature, entropy=True, backend=backend)
     return terms.loss_and_metrics(stats.target_logit - stats.lse, stats.entropy)
+
+
+__all__ = ["AGGREGATIONS", "RLLossConfig", "linear_rl_loss", "rl_loss_from_logprobs", "rl_loss_naive"]

@@ -6,7 +6,7 @@ arch, 32))`` through ptxas to a cubin on this CPU machine, with no GPU, and chec
 memory per block within 227 KiB (H100/H200) or 163 KiB (A100), registers x threads per block <= 65,536. The
 cases come from the launch tables the launchers themselves read (``attention.packed.fused.CUDA_FWD``,
 ``attention.paged.fused.CUDA_SPLIT``,
-``linear_logprobs.CUDA_LAUNCH``, ``kl_distill.CUDA_TILES``, ...): every table entry, every dtype the public
+``linear_logprobs.fused.CUDA_LAUNCH``, ``kl_distill.fused.CUDA_LAUNCH``, ...): every table entry, every dtype the public
 functions take (fp16, bf16, fp32), every head-dim tile, every constexpr flag.
 
 Compiles run in worker processes (this file run as a script: cases as JSON on stdin, results as JSON on stdout)
@@ -36,6 +36,7 @@ HEAD_DIMS = (12, 32, 64, 128, 256)
 BF16_HEAD_DIMS = (12, 32, 64, 80, 128, 256)
 _PKG = "vt_core.kernels."
 PACKED, PAGED = "attention.packed.fused", "attention.paged.fused"
+LOGPROBS, KL = "linear_logprobs.fused", "kl_distill.fused"
 
 
 def _case(module, kernel, arch, tag, types, consts, launch):
@@ -102,7 +103,8 @@ def _paged_cases(arch):
 
 def _loss_cases(arch):
     # by module path: the package's attribute `linear_logprobs` is the function of that name
-    kl_distill, linear_logprobs = (importlib.import_module(_PKG + m) for m in ("kl_distill", "linear_logprobs"))
+    kinds = importlib.import_module(_PKG + "kl_distill").KINDS
+    kl_distill, linear_logprobs = (importlib.import_module(_PKG + m) for m in (KL, LOGPROBS))
     for dt in DTYPES:
         p = "*" + dt
         stats = dict(x=p, targets="*i64", T="i32", V="i32", inv_temp="fp32")
@@ -111,20 +113,20 @@ def _loss_cases(arch):
         for ent in (False, True):
             for lsum in (False, True):
                 tag, c = f"{dt}-entropy{int(ent)}-sum{int(lsum)}", dict(ENTROPY=ent, SUM=lsum)
-                yield _case("linear_logprobs", "_stats_fwd_kernel", arch, tag, fwd, c, linear_logprobs.CUDA_LAUNCH)
-                yield _case("linear_logprobs", "_stats_bwd_kernel", arch, tag, bwd, c, linear_logprobs.CUDA_LAUNCH)
+                yield _case(LOGPROBS, "linear_logprobs_fwd_kernel", arch, tag, fwd, c, linear_logprobs.CUDA_LAUNCH)
+                yield _case(LOGPROBS, "linear_logprobs_bwd_kernel", arch, tag, bwd, c, linear_logprobs.CUDA_LAUNCH)
         heads = dict(p_hs=p, p_ws=p, p_ht=p, p_wt=p, T="i32", V="i32", DS="i32", DT="i32", inv_temp="fp32")
         split = dict(V_PER_SPLIT="i32", NSPLIT="i32")
         ieee = dt == "fp32"
-        for kind in kl_distill.KINDS.values():
-            yield _case("kl_distill", "_kl_fwd_stats_kernel", arch, f"{dt}-kind{kind}",
-                        dict(heads, **split, p_stats="*fp32"), dict(KIND=kind, IEEE=ieee), kl_distill.CUDA_TILES)
-            yield _case("kl_distill", "_kl_bwd_kernel", arch, f"{dt}-kind{kind}",
+        for kind in kinds.values():
+            yield _case(KL, "kl_distill_fwd_kernel", arch, f"{dt}-kind{kind}",
+                        dict(heads, **split, p_stats="*fp32"), dict(KIND=kind, IEEE=ieee), kl_distill.CUDA_LAUNCH)
+            yield _case(KL, "kl_distill_bwd_kernel", arch, f"{dt}-kind{kind}",
                         dict(heads, p_lse_s="*fp32", p_lse_t="*fp32", p_aux="*fp32", p_scale="*fp32", p_g=p,
-                             beta="fp32"), dict(KIND=kind, IEEE=ieee), kl_distill.CUDA_TILES)
-        yield _case("kl_distill", "_jsd_fwd_kernel", arch, dt,
+                             beta="fp32"), dict(KIND=kind, IEEE=ieee), kl_distill.CUDA_LAUNCH)
+        yield _case(KL, "kl_distill_jsd_fwd_kernel", arch, dt,
                     dict(heads, **split, p_lse_s="*fp32", p_lse_t="*fp32", p_parts="*fp32", beta="fp32"),
-                    dict(IEEE=ieee), kl_distill.CUDA_TILES)
+                    dict(IEEE=ieee), kl_distill.CUDA_LAUNCH)
 
 
 CASES = [c for arch in SHARED_LIMIT for gen in (_attention_cases, _paged_cases, _loss_cases) for c in gen(arch)]

@@ -5,27 +5,11 @@ import math
 import pytest
 import torch
 
-import vt_core.kernels.kl_distill as kd
 from vt_core.kernels import linear_kl_distill
+from vt_core.kernels.kl_distill import chunked, fused
+from vt_core.kernels.kl_distill import linear_kl_distill_naive
 
 T, DS, DT, V = 67, 48, 40, 1031
-
-
-def naive(hs, ws, ht, wt, mask, temperature, kind, beta=0.5):
-    """Per-token divergence [T] from full logits, weighted by ``mask``: logits in the inputs' dtype, the
-    rest in float64 for float64 inputs (the oracle) and in fp32 otherwise (plain torch in that dtype)."""
-    acc = torch.float64 if hs.dtype == torch.float64 else torch.float32
-    lq = torch.log_softmax((hs @ ws.t()).to(acc) / temperature, -1)
-    lp = torch.log_softmax((ht @ wt.t()).to(acc) / temperature, -1)
-    p, q = lp.exp(), lq.exp()
-    if kind == "forward":
-        d = (p * (lp - lq)).sum(-1)
-    elif kind == "reverse":
-        d = (q * (lq - lp)).sum(-1)
-    else:
-        m = beta * p + (1 - beta) * q
-        d = beta * (p * (lp - m.log())).sum(-1) + (1 - beta) * (q * (lq - m.log())).sum(-1)
-    return d * mask.to(acc)
 
 
 def make_inputs(dtype, n=T, ds=DS, dt=DT, v=V, masked_frac=0.3, seed=0):
@@ -51,7 +35,7 @@ def run_ours(hs, ws, ht, wt, mask, upstream, **kw):
 
 def run_naive(hs, ws, ht, wt, mask, upstream, temperature, kind, jsd_beta=0.5):
     hs, ws = hs.clone().requires_grad_(), ws.clone().requires_grad_()
-    out = naive(hs, ws, ht, wt, mask, temperature, kind, jsd_beta)
+    out = linear_kl_distill_naive(hs, ws, ht, wt, mask, temperature, kind, jsd_beta)
     (out * upstream.to(out.dtype)).sum().backward()
     return out.detach(), hs.grad, ws.grad
 
@@ -63,8 +47,8 @@ def run_naive(hs, ws, ht, wt, mask, upstream, temperature, kind, jsd_beta=0.5):
 def test_matches_naive(monkeypatch, backend, dtype, kind, temperature):
     monkeypatch.setenv("VT_BACKEND", backend)
     # Several backward chunks (Triton) / token chunks (torch) even at this small T.
-    monkeypatch.setattr(kd, "_GRAD_CHUNK_BYTES", 32 * V * torch.finfo(dtype).bits // 8)
-    monkeypatch.setattr(kd, "_CHUNK_ELEMENTS", 29 * V)
+    monkeypatch.setattr(fused, "GRAD_CHUNK_BYTES", 32 * V * torch.finfo(dtype).bits // 8)
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 29 * V)
     hs, ws, ht, wt, mask = make_inputs(dtype)
     upstream = torch.randn(T)
     beta = 0.3 if kind == "jsd" else 0.5
@@ -84,7 +68,7 @@ def test_matches_naive(monkeypatch, backend, dtype, kind, temperature):
 
 def test_torch_path_fp16_and_chunks(monkeypatch):
     monkeypatch.setenv("VT_BACKEND", "torch")
-    monkeypatch.setattr(kd, "_CHUNK_ELEMENTS", 16 * V)
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 16 * V)
     hs, ws, ht, wt, mask = make_inputs(torch.float16, seed=3)
     upstream = torch.randn(T)
     ours = run_ours(hs, ws, ht, wt, mask, upstream, kind="jsd", temperature=1.3)
@@ -114,7 +98,7 @@ def test_reductions_and_weights(monkeypatch, backend):
     weights = torch.rand(21)
     weights[::4] = 0.0
     hs64, ws64, ht64, wt64 = (x.double() for x in (hs, ws, ht, wt))
-    ref = naive(hs64, ws64, ht64, wt64, weights, 1.0, "reverse")
+    ref = linear_kl_distill_naive(hs64, ws64, ht64, wt64, weights, 1.0, "reverse")
     none = linear_kl_distill(hs, ws, ht, wt, weights, kind="reverse", reduction="none")
     total = linear_kl_distill(hs, ws, ht, wt, weights, kind="reverse", reduction="sum")
     mean = linear_kl_distill(hs, ws, ht, wt, weights, kind="reverse")
@@ -123,7 +107,8 @@ def test_reductions_and_weights(monkeypatch, backend):
     assert rel_err(total, ref.sum()) < 2e-5
     assert rel_err(mean, ref.sum() / weights.double().sum()) < 2e-5
     unmasked = linear_kl_distill(hs, ws, ht, wt, None, kind="reverse", reduction="sum")
-    assert rel_err(unmasked, naive(hs64, ws64, ht64, wt64, torch.ones(21), 1.0, "reverse").sum()) < 2e-5
+    whole = linear_kl_distill_naive(hs64, ws64, ht64, wt64, torch.ones(21), 1.0, "reverse").sum()
+    assert rel_err(unmasked, whole) < 2e-5
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

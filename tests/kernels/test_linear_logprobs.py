@@ -4,22 +4,19 @@ Triton runs in the interpreter (TRITON_INTERPRET=1 from tests/conftest.py) on CP
 runs with small chunks so token and vocabulary chunking are both exercised.
 """
 
-import importlib
-
 import pytest
 import torch
 
 from vt_core.kernels import linear_logprobs, linear_logprobs_reference, linear_token_stats
-from vt_core.kernels.linear_logprobs import linear_token_loss
+from vt_core.kernels.linear_logprobs import chunked, linear_token_loss, linear_token_stats_naive
 
-lp = importlib.import_module("vt_core.kernels.linear_logprobs")  # the module (the package re-exports the function)
 T, D, V = 67, 48, 1031
 
 
 @pytest.fixture
 def small_torch_chunks(monkeypatch):
-    monkeypatch.setattr(lp, "_TORCH_TOKEN_CHUNK", 16)
-    monkeypatch.setattr(lp, "_TORCH_VOCAB_CHUNK", 300)
+    monkeypatch.setattr(chunked, "TORCH_TOKEN_CHUNK", 16)
+    monkeypatch.setattr(chunked, "TORCH_VOCAB_CHUNK", 300)
 
 
 def make_inputs(dtype, t=T, d=D, v=V, seed=0, device="cpu"):
@@ -31,15 +28,10 @@ def make_inputs(dtype, t=T, d=D, v=V, seed=0, device="cpu"):
 
 
 def naive_stats(hidden, weight, targets, temperature, dtype=torch.float64):
-    """(target_logit, lse, entropy, logit_sum) from full logits; differentiable leaves returned too."""
+    """The oracle's (target_logit, lse, entropy, logit_sum) on ``dtype`` copies; those leaves returned too."""
     h = hidden.detach().to(dtype).requires_grad_()
     w = weight.detach().to(dtype).requires_grad_()
-    z = (h @ w.T).to(torch.float64) / temperature
-    lse = z.logsumexp(1)
-    logp_all = z - lse[:, None]
-    ent = -(logp_all.exp() * logp_all).sum(1)
-    tgt = torch.where(targets >= 0, z.gather(1, targets.clamp(min=0)[:, None])[:, 0], 0.0)
-    return (tgt, lse, ent, z.sum(1)), h, w
+    return linear_token_stats_naive(h, w, targets, temperature), h, w
 
 
 def close(actual, expected, tol):

@@ -9,6 +9,7 @@ import torch
 
 import vt_core._C as C
 from vt_core.kernels import packing_metadata, packing_metadata_reference
+from vt_core.kernels.packing import packing_metadata_naive
 
 LENGTH_CASES = {
     "single": [7],
@@ -27,15 +28,6 @@ def _random_lengths(batch: int, high: int, seed: int) -> torch.Tensor:
     return lengths
 
 
-def _loop_oracle(lengths: list[int]) -> tuple[list[int], list[int], list[int]]:
-    cu, pos, seq = [0], [], []
-    for b, n in enumerate(lengths):
-        cu.append(cu[-1] + n)
-        pos.extend(range(n))
-        seq.extend([b] * n)
-    return cu, pos, seq
-
-
 def _assert_same(got, want):
     for name, g, w in zip(("cu_seqlens", "position_ids", "seq_ids"), got, want):
         assert g.dtype == w.dtype, name
@@ -47,7 +39,7 @@ def _assert_same(got, want):
 def test_reference_matches_loop(case):
     lengths = LENGTH_CASES[case]
     cu, pos, seq = packing_metadata_reference(torch.tensor(lengths, dtype=torch.int64))
-    assert (cu.tolist(), pos.tolist(), seq.tolist()) == _loop_oracle(lengths)
+    assert (cu.tolist(), pos.tolist(), seq.tolist()) == packing_metadata_naive(lengths)
     assert (cu.dtype, pos.dtype, seq.dtype) == (torch.int32, torch.int64, torch.int32)
 
 

@@ -5,12 +5,13 @@ NaN old/ref/rollout logprobs at masked positions (they must not leak into the lo
 """
 
 import importlib
-import math
 
 import pytest
 import torch
 
 from vt_core.kernels import RLLossConfig, expand_to_tokens, linear_rl_loss
+from vt_core.kernels.linear_logprobs import linear_logprobs_naive
+from vt_core.kernels.rl_loss import rl_loss_naive
 
 D, V = 48, 1031
 LENGTHS = [9, 1, 14, 7, 1, 20, 15]  # T = 67; sequence 3 is fully masked, sequences 1 and 4 have one token
@@ -42,77 +43,11 @@ def side_logprobs(logp, mask, g):
 
 
 def naive_logp_entropy(hidden, weight, targets, temperature):
+    """The linear_logprobs oracle on float64 copies of hidden and weight; those leaves returned too."""
     h = hidden.detach().double().requires_grad_()
     w = weight.detach().double().requires_grad_()
-    logp_all = torch.log_softmax(h @ w.T / temperature, 1)
-    logp = logp_all.gather(1, targets[:, None])[:, 0]
-    ent = -(logp_all.exp() * logp_all).sum(1)
+    logp, ent = linear_logprobs_naive(h, w, targets, temperature, return_entropy=True)
     return logp, ent, h, w
-
-
-def hand_loss(logp, ent, adv, mask, old, ref, rollout, c):
-    """The documented per-token formula, one sequence and one token at a time."""
-    cu = [0]
-    for n in LENGTHS:
-        cu.append(cu[-1] + n)
-    tok_loss, seq_losses, seq_counts, stats = {}, [], [], {k: [] for k in ("low", "high", "ratio", "kl", "diff")}
-    for i in range(len(LENGTHS)):
-        toks = [t for t in range(cu[i], cu[i + 1]) if mask[t]]
-        base = {t: (old[t].double() if old is not None else logp[t].detach()) for t in toks}
-        seq_lr = sum(logp[t].detach() - base[t] for t in toks) / max(len(toks), 1)
-        seq_is = sum(base[t] - rollout[t].double() for t in toks) if rollout is not None else None
-        losses = []
-        for t in toks:
-            a = float(adv[t])
-            if c.ratio_level == "token":
-                lr = logp[t] - base[t]
-            else:
-                lr = logp[t] - logp[t].detach() + seq_lr
-            r = torch.exp(lr)
-            pg = torch.maximum(-a * r, -a * r.clamp(1 - c.eps_low, 1 + c.eps_high))
-            if c.dual_clip_c is not None and a < 0:
-                pg = torch.minimum(pg, torch.tensor(-a * c.dual_clip_c, dtype=torch.float64))
-            if c.tis_mode is not None:
-                lw = float(base[t] - rollout[t].double()) if c.tis_mode == "token" else float(seq_is)
-                w = math.exp(lw)
-                w = min(w, c.tis_cap) if c.tis_action == "truncate" else (0.0 if w > c.tis_cap else w)
-                pg = pg * w
-            loss = pg
-            if ref is not None:
-                d = ref[t].double() - logp[t]
-                kl = {"k1": -d, "k2": 0.5 * d * d, "k3": torch.exp(d) - d - 1}[c.kl_estimator]
-                stats["kl"].append(float(kl))
-                loss = loss + c.beta * kl
-            loss = loss - c.entropy_coef * ent[t]
-            losses.append(loss)
-            stats["low"].append(float(r < 1 - c.eps_low and a < 0))
-            stats["high"].append(float(r > 1 + c.eps_high and a > 0))
-            stats["ratio"].append(float(r))
-            if rollout is not None:
-                stats["diff"].append(abs(float(logp[t]) - float(rollout[t])))
-        if toks:
-            seq_losses.append(sum(losses))
-            seq_counts.append(len(toks))
-    total, n_tok = sum(seq_losses), sum(seq_counts)
-    if c.aggregation == "token_mean":
-        loss = total / n_tok
-    elif c.aggregation == "seq_mean_token_mean":
-        loss = sum(s / n for s, n in zip(seq_losses, seq_counts)) / len(seq_losses)
-    elif c.aggregation == "seq_mean_token_sum":
-        loss = total / len(seq_losses)
-    else:
-        loss = total / c.max_tokens
-    metrics = {
-        "clip_frac_low": sum(stats["low"]) / n_tok,
-        "clip_frac_high": sum(stats["high"]) / n_tok,
-        "ratio_mean": sum(stats["ratio"]) / n_tok,
-        "entropy_mean": float(sum(ent[t] for t in range(T) if mask[t])) / n_tok,
-    }
-    if ref is not None:
-        metrics["kl_mean"] = sum(stats["kl"]) / n_tok
-    if rollout is not None:
-        metrics["sampler_logp_diff"] = sum(stats["diff"]) / n_tok
-    return loss, metrics
 
 
 CONFIGS = [
@@ -142,7 +77,7 @@ def run_case(cfg, with_old, dtype, backend, monkeypatch, seed=0, grad_mode=None)
     old, ref, rollout = side_logprobs(logp64, mask, g)
     old = old if with_old else None
     loss, metrics = linear_rl_loss(hidden, weight, targets, adv, mask, cu, old, ref, rollout, cfg, grad_mode=grad_mode)
-    want, want_metrics = hand_loss(logp64, ent64, adv, mask, old, ref, rollout, cfg)
+    want, want_metrics = rl_loss_naive(logp64, ent64, adv, mask, cu, old, ref, rollout, cfg)
     up = float(torch.randn((), generator=g))
     (loss * up).backward()
     (want * up).backward()

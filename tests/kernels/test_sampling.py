@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vt_core.kernels.sampling import philox4x32, philox_uniform, sample
+from vt_core.kernels.sampling import sample_distribution_naive
 
 
 def _words(*values):
@@ -31,23 +32,6 @@ def test_uniforms_are_in_range_and_depend_on_seed_and_offset():
     assert abs(many.mean().item() - 0.5) < 0.01 and abs(many.var().item() - 1 / 12) < 0.003
 
 
-def _expected_distribution(logits, temperature, top_k, top_p, min_p):
-    """Independent, sort-based statement of the documented truncation rules (float64)."""
-    scaled = logits.double() / temperature
-    keep = torch.ones_like(scaled, dtype=torch.bool)
-    if 0 < top_k < scaled.numel():
-        keep &= scaled >= torch.topk(scaled, top_k).values[-1]
-    p = torch.softmax(scaled.masked_fill(~keep, -math.inf), -1)
-    if top_p < 1:
-        order = torch.argsort(p, descending=True)
-        cum = torch.cumsum(p[order], 0)
-        cut = p[order][int((cum >= top_p - 1e-12).nonzero()[0])]
-        keep &= p >= cut
-    p = torch.softmax(scaled.masked_fill(~keep, -math.inf), -1)
-    keep &= p >= min_p * p.max()
-    return torch.softmax(scaled.masked_fill(~keep, -math.inf), -1)
-
-
 def _chi2_critical(df: int, z: float = 3.09) -> float:
     # Wilson-Hilferty approximation of the chi-square quantile (z = 3.09: the 0.999 quantile).
     return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
@@ -55,14 +39,15 @@ def _chi2_critical(df: int, z: float = 3.09) -> float:
 
 @pytest.mark.parametrize(
     "temperature, top_k, top_p, min_p",
-    [(1.0, 0, 1.0, 0.0), (0.7, 0, 1.0, 0.0), (1.0, 5, 1.0, 0.0), (1.0, 0, 0.8, 0.0), (1.3, 0, 1.0, 0.1), (0.9, 8, 0.9, 0.05)],
+    [(1.0, 0, 1.0, 0.0), (0.7, 0, 1.0, 0.0), (1.0, 5, 1.0, 0.0), (1.0, 0, 0.8, 0.0), (1.3, 0, 1.0, 0.1),
+     (0.9, 8, 0.9, 0.05)],
 )
 def test_empirical_distribution_matches(temperature, top_k, top_p, min_p):
     V, N = 16, 20000
     logits = torch.randn(V, generator=torch.Generator().manual_seed(7)) * 1.5
     tokens, raw, proc = sample(logits.expand(N, V), temperature, top_k, top_p, min_p,
                                seeds=torch.full((N,), 99), offsets=torch.arange(N))
-    expected = _expected_distribution(logits, temperature, top_k, top_p, min_p)
+    expected = sample_distribution_naive(logits, temperature, top_k, top_p, min_p)
     counts = torch.bincount(tokens, minlength=V).double()
     assert counts[expected == 0].sum() == 0, "sampled a token the filters drop"
     support = expected > 0

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import vt_core._C as C
-from vt_core.kernels.sampling import _keep_top_k, _keep_top_p, philox4x32, philox_uniform, sample, sample_reference
+from vt_core.kernels.sampling import keep_top_k, keep_top_p, philox4x32, philox_uniform, sample, sample_reference
 
 BOUND_TOP_P = 1e-6
 BOUND_MIN_P = 1e-6
@@ -60,8 +60,8 @@ def _softmax64(scaled, keep):
 
 def _float64_keep(scaled, top_k, top_p, min_p):
     """The kept tokens [B, V] with every probability and mass in float64 (no rounding boundary moved)."""
-    keep = _keep_top_k(scaled, top_k)  # compares the float32 scaled logits: exact in every implementation
-    keep &= _keep_top_p(_softmax64(scaled, keep), top_p)
+    keep = keep_top_k(scaled, top_k)  # compares the float32 scaled logits: exact in every implementation
+    keep &= keep_top_p(_softmax64(scaled, keep), top_p)
     probs = _softmax64(scaled, keep)
     return keep & (probs >= min_p.double()[:, None] * probs.max(-1, keepdim=True).values)
 
@@ -79,7 +79,7 @@ def _rounding_keeps(scaled, top_k, top_p, min_p):
     whose float64 prefix mass reaches top_p - BOUND_TOP_P, at the first reaching top_p + BOUND_TOP_P and at
     every one between (float64's among them), each with the tokens within
     BOUND_MIN_P (relative) of the min-p cut moved across it (tokens equal to the cut stay: exact)."""
-    keep = _keep_top_k(scaled[None], top_k[None])[0]
+    keep = keep_top_k(scaled[None], top_k[None])[0]
     keeps = [keep]
     if top_p < 1:
         sorted_p = torch.sort(_softmax64(scaled, keep), descending=True).values
