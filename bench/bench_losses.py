@@ -60,10 +60,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from harness import Record, bench_argparser, measure, measure_many, seconds_left
 from vt_core.kernels import RLLossConfig, linear_cross_entropy, linear_rl_loss, rl_loss_from_logprobs
+from vt_core.kernels.cross_entropy import linear_cross_entropy_naive
+from vt_core.kernels.linear_logprobs import linear_logprobs_naive
 
 SHAPES = {
     "cpu": dict(D=1024, V=151936, tokens=(1024, 4096), dtype=torch.float32, seq_len=256, prompt_len=32),
@@ -109,13 +110,10 @@ class Inputs:
 
 
 def logprobs_entropy(hidden, weight, targets):
-    """Full fp32 logits [T, V] -> target log-probs (differentiable) and entropy (no grad)."""
-    logits = (hidden @ weight.t()).float()
-    logp_all = torch.log_softmax(logits, -1)
-    logp = logp_all.gather(1, targets[:, None]).squeeze(1)
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+    """The linear_logprobs oracle: full fp32 logits [T, V] -> target log-probs (differentiable) and entropy
+    (detached here, so its graph and its [T, V] saved tensor go before the loss runs)."""
+    logp, entropy = linear_logprobs_naive(hidden, weight, targets, return_entropy=True)
+    return logp, entropy.detach()
 
 
 def naive_rl(x: Inputs, cfg: RLLossConfig, logprobs_fn=logprobs_entropy):
@@ -125,7 +123,8 @@ def naive_rl(x: Inputs, cfg: RLLossConfig, logprobs_fn=logprobs_entropy):
 
 
 def ce_from_hidden(hidden, weight, targets):
-    return F.cross_entropy((hidden @ weight.t()).float(), targets, ignore_index=-100)
+    """The linear_cross_entropy oracle: fp32 logits [T, V] + F.cross_entropy, mean over targets != -100."""
+    return linear_cross_entropy_naive(hidden, weight, targets)
 
 
 def naive_ce(x: Inputs, ce_fn=ce_from_hidden):
