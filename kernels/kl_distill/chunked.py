@@ -21,7 +21,7 @@ def _log_mixture_torch(lp: torch.Tensor, lq: torch.Tensor, beta: float) -> torch
 
 
 def kl_distill_torch_fwd(hs, ws, ht, wt, inv_temp: float, kind: int, beta: float):
-    """Chunked reference forward; same outputs as ``fused.kl_distill_fwd``."""
+    """The torch forward, chunk by chunk; same outputs as ``fused.kl_distill_fwd``."""
     T = hs.shape[0]
     out = torch.empty(4, T, device=hs.device, dtype=torch.float32)
     chunk = _chunk_tokens(ws.shape[0])
@@ -47,7 +47,7 @@ def kl_distill_torch_fwd(hs, ws, ht, wt, inv_temp: float, kind: int, beta: float
 
 def kl_distill_torch_bwd(hs, ws, ht, wt, lse_s, lse_t, aux, scale, inv_temp: float, kind: int, beta: float,
                need_dh: bool, need_dw: bool):
-    """Chunked reference backward; same outputs as ``fused.kl_distill_bwd``."""
+    """The torch backward, chunk by chunk; same outputs as ``fused.kl_distill_bwd``."""
     T = hs.shape[0]
     dh = torch.empty_like(hs) if need_dh else None
     dw = torch.zeros(ws.shape, device=ws.device, dtype=torch.float32) if need_dw else None

@@ -22,11 +22,11 @@ of d hidden (``dlogits @ W``) and its share of d weight (``dlogits.T @ h_c``). P
   vocab tiles; the in-place logits gradient). Tc is chosen per device so that a chunk stays near
   ``fused.CHUNK_BYTES``. In half precision the weight gradient is summed over token chunks in the weight's dtype
   (no fp32 [V, D] buffer), as the un-fused torch graph's own per-GEMM rounding would.
-- torch (the reference, the CPU path and the test oracle): fp32 chunks of ``chunked.TORCH_TOKEN_CHUNK`` rows (a
-  fixed count: ``vt_core.generation.exact`` pads batches by it for per-row bitwise invariance) times the
-  whole vocabulary, one GEMM each for fp32 weights (wide GEMMs use a CPU core better than vocabulary
-  tiles do); half weights are converted to fp32 ``chunked.TORCH_VOCAB_CHUNK`` rows at a time, and
-  the elementwise passes walk vocabulary tiles of that width so their temporaries stay small.
+- torch (``chunked.py``: the CPU path and the bench's chunked baseline): fp32 chunks of
+  ``chunked.TORCH_TOKEN_CHUNK`` rows (a fixed count: ``vt_core.generation.exact`` pads batches by it for
+  per-row bitwise invariance) times the whole vocabulary, one GEMM each for fp32 weights (wide GEMMs use a CPU
+  core better than vocabulary tiles do); half weights are converted to fp32 ``chunked.TORCH_VOCAB_CHUNK`` rows
+  at a time, and the elementwise passes walk vocabulary tiles of that width so their temporaries stay small.
 
 Two ways to get gradients:
 

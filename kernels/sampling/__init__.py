@@ -1,6 +1,6 @@
 """Fused sampling step: temperature, top-k, top-p, min-p and a seeded draw, with raw and processed logprobs.
 
-Semantics (shared by the torch reference here and the C++ / CUDA twins in csrc/):
+Semantics (shared by the torch path ``sample_torch`` and the C++ / CUDA twins in csrc/):
 
 1. raw logprobs: ``log_softmax(logits)`` at temperature 1, fp32; ``temperature == 0`` means greedy.
 2. scaled = logits / temperature; top-k keeps tokens whose scaled logit is >= the k-th largest
