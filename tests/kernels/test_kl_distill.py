@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vt_core.kernels import linear_kl_distill
-from vt_core.kernels.kl_distill import chunked, fused
+from vt_core.kernels.kl_distill import chunked, function, fused
 from vt_core.kernels.kl_distill import linear_kl_distill_naive
 
 T, DS, DT, V = 67, 48, 40, 1031
@@ -179,6 +179,28 @@ def test_argument_checks():
         linear_kl_distill(hs, ws, ht, wt, mask, reduction="avg")
     with pytest.raises(ValueError, match="jsd_beta"):
         linear_kl_distill(hs, ws, ht, wt, mask, kind="jsd", jsd_beta=1.0)
+    with pytest.raises(ValueError, match="backend"):
+        linear_kl_distill(hs, ws, ht, wt, mask, backend="cuda")
+    with pytest.raises(ValueError, match="grad_mode"):
+        linear_kl_distill(hs, ws, ht, wt, mask, grad_mode="fused")
+
+
+def test_backend_argument_overrides_the_environment(monkeypatch):
+    """backend= picks the path whatever VT_BACKEND says (Triton in the interpreter here); both agree, and
+    grad_mode="recompute" (the only gradient path) gives the default's gradients."""
+    hs, ws, ht, wt, mask = make_inputs(torch.float32)
+    upstream = torch.randn(T, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setenv("VT_BACKEND", "torch")
+    calls = []
+    real = fused.kl_distill_fwd
+    monkeypatch.setattr(function, "kl_distill_fwd", lambda *a: calls.append(1) or real(*a))
+    tri = run_ours(hs, ws, ht, wt, mask, upstream, kind="reverse", backend="triton")
+    assert calls == [1]
+    monkeypatch.setenv("VT_BACKEND", "triton")
+    tor = run_ours(hs, ws, ht, wt, mask, upstream, kind="reverse", backend="torch", grad_mode="recompute")
+    assert calls == [1]
+    for a, b in zip(tri, tor):
+        assert rel_err(a, b) < 2e-5
 
 
 @pytest.mark.gpu
