@@ -41,9 +41,9 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from harness import Record, bench_argparser, measure
 from vt_core.kernels.attention import (
     packed_attention,
-    packed_attention_chunked,
+    packed_attention_torch,
     paged_decode_attention,
-    paged_decode_attention_chunked,
+    paged_decode_attention_torch,
 )
 
 # GB/s of HBM by GPU name fragment (vendor figures), for the decode bandwidth fraction.
@@ -138,7 +138,7 @@ def bench_packed(args, results, lens, heads, kv_heads, d, dtype, warmup, repeats
     contender is printed and the partial JSON written as soon as it is measured). Returns the FLOPs."""
     device = args.device
     q, k, v, cu = make_inputs(lens, heads, kv_heads, d, dtype, device)
-    ref = packed_attention_chunked(q.double(), k.double(), v.double(), cu)
+    ref = packed_attention_torch(q.double(), k.double(), v.double(), cu)
     flops = causal_flops(lens, heads, d)
     results.shapes["causal_fwd_flops"] = flops
     do = torch.randn_like(q)
@@ -178,7 +178,7 @@ def bench_packed(args, results, lens, heads, kv_heads, d, dtype, warmup, repeats
     if dtype != torch.float32:
         # torch's own error in this dtype, the yardstick for the others' max_abs_err
         results["torch_own_dtype_err"] = {
-            "max_abs_err": (packed_attention_chunked(q, k, v, cu).double() - ref).abs().max().item()}
+            "max_abs_err": (packed_attention_torch(q, k, v, cu).double() - ref).abs().max().item()}
     return flops
 
 
@@ -192,11 +192,11 @@ def bench_decode(args, results, batch, context, page, heads, kv_heads, d, dtype,
     v_cache = torch.randn(num_blocks, page, kv_heads, d, generator=gen).to(device=device, dtype=dtype)
     q = torch.randn(batch, heads, d, generator=gen).to(device=device, dtype=dtype)
     ctx = torch.full((batch,), context, dtype=torch.int32, device=device)
-    ref = paged_decode_attention_chunked(q.float(), k_cache.float(), v_cache.float(), block_table, ctx)
+    ref = paged_decode_attention_torch(q.float(), k_cache.float(), v_cache.float(), block_table, ctx)
     kv_bytes = 2 * batch * context * kv_heads * d * k_cache.element_size()
     runs = {"vt_paged_decode": lambda: paged_decode_attention(q, k_cache, v_cache, block_table, ctx)}
     if device == "cuda":
-        runs["torch_gather_reference"] = lambda: paged_decode_attention_chunked(q, k_cache, v_cache, block_table, ctx)
+        runs["torch_gather_reference"] = lambda: paged_decode_attention_torch(q, k_cache, v_cache, block_table, ctx)
     for name, fn in runs.items():
         results.running(f"decode.{name}")
         err = (fn().float() - ref).abs().max().item()

@@ -35,10 +35,13 @@ else:
     from .attention import (
         packed_attention,
         packed_attention_reference,
+        packed_attention_torch,
         paged_decode_attention,
         paged_decode_attention_reference,
+        paged_decode_attention_torch,
         write_kv_cache,
         write_kv_cache_reference,
+        write_kv_cache_torch,
     )
     from .advantages import expand_to_tokens, group_advantages
     from .cross_entropy import linear_cross_entropy
@@ -59,10 +62,13 @@ else:
         "resolve_backend",
         "packed_attention",
         "packed_attention_reference",
+        "packed_attention_torch",
         "paged_decode_attention",
         "paged_decode_attention_reference",
+        "paged_decode_attention_torch",
         "write_kv_cache",
         "write_kv_cache_reference",
+        "write_kv_cache_torch",
         "linear_kl_distill",
         "packing_metadata",
         "packing_metadata_reference",

@@ -12,32 +12,32 @@ from __future__ import annotations
 
 from .packed import (
     packed_attention,
-    packed_attention_chunked,
+    packed_attention_torch,
     packed_attention_naive,
     packed_attention_reference,
 )
 from .paged import (
     paged_decode_attention,
-    paged_decode_attention_chunked,
+    paged_decode_attention_torch,
     paged_decode_attention_naive,
     paged_decode_attention_reference,
     paged_decode_native,
     write_kv_cache,
-    write_kv_cache_chunked,
+    write_kv_cache_torch,
     write_kv_cache_reference,
 )
 
 __all__ = [
     "packed_attention",
-    "packed_attention_chunked",
+    "packed_attention_torch",
     "packed_attention_naive",
     "packed_attention_reference",
     "paged_decode_attention",
-    "paged_decode_attention_chunked",
+    "paged_decode_attention_torch",
     "paged_decode_attention_naive",
     "paged_decode_attention_reference",
     "paged_decode_native",
     "write_kv_cache",
-    "write_kv_cache_chunked",
+    "write_kv_cache_torch",
     "write_kv_cache_reference",
 ]

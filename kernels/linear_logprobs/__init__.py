@@ -61,9 +61,6 @@ from .chunked import TORCH_TOKEN_CHUNK, TORCH_VOCAB_CHUNK
 from .function import LinearTokenLossFunction, LinearTokenStatsFunction
 from .naive import linear_logprobs_naive, linear_token_stats_naive
 
-# Transitional private alias: vt_core/generation/exact.py (the engine engineer's file) still imports it by this
-# name; delete once it imports TORCH_TOKEN_CHUNK.
-_TORCH_TOKEN_CHUNK = TORCH_TOKEN_CHUNK
 
 
 def linear_token_stats(

@@ -21,7 +21,7 @@ Why a different packing in the trainer gives the same bits (fp32, CPU; checked b
   measured on this machine with MKL sgemm, rows of an [M, K] @ [K, N] product differ from the large-M
   result for M in {1, 2, 3} with 1 thread and M in {1..11} minus {4, 8} with 2 threads, and are identical
   for every M >= 12. The packed forward's matmuls have M = T and ``linear_logprobs`` (torch path) takes
-  tokens in chunks of 128 (``_TORCH_TOKEN_CHUNK``), so T >= 12 and T mod 128 outside 1..11 keep every
+  tokens in chunks of 128 (``TORCH_TOKEN_CHUNK``), so T >= 12 and T mod 128 outside 1..11 keep every
   matmul in the invariant range: :func:`invariance_padding` gives the padding document length that
   ensures it. The trainer pads its own micro-batches the same way (``pad_for_invariance``, RL option
   ``gen.exact_logprobs``) for the guarantee to cover them.
@@ -42,13 +42,13 @@ import torch.nn.functional as F
 
 from vt_core.data.packing import first_fit_decreasing, make_packed_batch
 from vt_core.kernels import linear_logprobs
-from vt_core.kernels.linear_logprobs import _TORCH_TOKEN_CHUNK
+from vt_core.kernels.linear_logprobs import TORCH_TOKEN_CHUNK
 
 MIN_MATMUL_ROWS = 12
 """Smallest matmul row count whose per-row results match any larger one (measured, see the module docstring)."""
 
 
-def invariance_padding(num_tokens: int, chunk: int = _TORCH_TOKEN_CHUNK) -> int:
+def invariance_padding(num_tokens: int, chunk: int = TORCH_TOKEN_CHUNK) -> int:
     """Tokens to append (as a separate padding document) to a packed batch of ``num_tokens`` tokens so that
     the packed forward and every ``linear_logprobs`` chunk of ``chunk`` rows have >= MIN_MATMUL_ROWS rows."""
     tail = num_tokens % chunk

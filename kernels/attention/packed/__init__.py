@@ -2,7 +2,7 @@
 
 Files by role: ``fused.py`` (Triton kernels, ``packed_attention_fwd`` / ``packed_attention_bwd`` launchers, the
 CUDA launch tables), ``function.py`` (the autograd Function, ``packed_attention_fused``), ``chunked.py`` (the
-pure-torch path, ``packed_attention_chunked``, alias ``packed_attention_reference``), ``naive.py`` (the readable
+pure-torch path, ``packed_attention_torch``, alias ``packed_attention_reference``), ``naive.py`` (the readable
 oracle, ``packed_attention_naive``), ``external.py`` (the flash-attn / xformers hand-off of ``VT_ATTN_BACKEND``).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..._dispatch import resolve_backend
-from .chunked import packed_attention_chunked, packed_attention_reference
+from .chunked import packed_attention_torch, packed_attention_reference
 from .external import external_packed_attention, requested_attn_backend
 from .function import packed_attention_fused
 from .fused import MAX_HEAD_DIM
@@ -59,7 +59,7 @@ def packed_attention(
         return external_packed_attention(external, q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, window)
     backend = resolve_backend("packed_attention", q)
     if backend == "torch":
-        return packed_attention_chunked(q, k, v, cu_seqlens, causal=causal, softmax_scale=softmax_scale,
+        return packed_attention_torch(q, k, v, cu_seqlens, causal=causal, softmax_scale=softmax_scale,
                                         window=window)
     if q.shape[2] > MAX_HEAD_DIM:
         raise ValueError(f"packed_attention: the Triton path needs head dim d <= {MAX_HEAD_DIM}, "
@@ -73,7 +73,7 @@ def packed_attention(
 
 __all__ = [
     "packed_attention",
-    "packed_attention_chunked",
+    "packed_attention_torch",
     "packed_attention_reference",
     "packed_attention_naive",
     "packed_attention_fused",

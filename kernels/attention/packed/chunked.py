@@ -1,4 +1,4 @@
-"""Packed attention, pure torch: the CPU path and the benchmark baseline (``packed_attention_chunked``).
+"""Packed attention, pure torch: the CPU path and the benchmark baseline (``packed_attention_torch``).
 
 Documents are the chunks: each goes through SDPA on its own, documents of similar length batched into one
 padded call. ``packed_attention_reference`` is the same function under its former public name
@@ -33,7 +33,7 @@ def _length_buckets(lengths: list[int]) -> list[list[int]]:
     return buckets
 
 
-def packed_attention_chunked(
+def packed_attention_torch(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -82,5 +82,5 @@ def packed_attention_chunked(
     return q.new_zeros(q.shape).index_copy(0, torch.cat(rows), torch.cat(pieces).to(q.dtype))
 
 
-packed_attention_reference = packed_attention_chunked
-"""Former name of :func:`packed_attention_chunked`, kept in ``vt_core.kernels.__all__``."""
+packed_attention_reference = packed_attention_torch
+"""Former name of :func:`packed_attention_torch`, kept in ``vt_core.kernels.__all__``."""

@@ -20,9 +20,9 @@ import torch
 from ..._dispatch import resolve_backend
 from ..packed.fused import MAX_HEAD_DIM
 from .chunked import (
-    paged_decode_attention_chunked,
+    paged_decode_attention_torch,
     paged_decode_attention_reference,
-    write_kv_cache_chunked,
+    write_kv_cache_torch,
     write_kv_cache_reference,
 )
 from .fused import paged_decode_fwd, write_kv_cache_fwd
@@ -68,7 +68,7 @@ def paged_decode_attention(
     with torch.no_grad():
         backend = resolve_backend("paged_decode_attention", q, AVAILABLE)
         if backend == "torch":
-            return paged_decode_attention_chunked(q, k_cache, v_cache, block_table, context_lens, scale)
+            return paged_decode_attention_torch(q, k_cache, v_cache, block_table, context_lens, scale)
         if backend == "cpp":
             if q.dtype != torch.float32 or k_cache.dtype != torch.float32 or v_cache.dtype != torch.float32:
                 raise ValueError("paged_decode_attention: the C++ CPU kernel takes fp32 q and caches, got "
@@ -104,18 +104,18 @@ def write_kv_cache(
         raise ValueError("write_kv_cache: k_cache and v_cache must be contiguous")
     with torch.no_grad():
         if resolve_backend("write_kv_cache", k) == "torch":
-            write_kv_cache_chunked(k, v, k_cache, v_cache, slot_mapping)
+            write_kv_cache_torch(k, v, k_cache, v_cache, slot_mapping)
             return
         write_kv_cache_fwd(k, v, k_cache, v_cache, slot_mapping)
 
 
 __all__ = [
     "paged_decode_attention",
-    "paged_decode_attention_chunked",
+    "paged_decode_attention_torch",
     "paged_decode_attention_reference",
     "paged_decode_attention_naive",
     "paged_decode_native",
     "write_kv_cache",
-    "write_kv_cache_chunked",
+    "write_kv_cache_torch",
     "write_kv_cache_reference",
 ]

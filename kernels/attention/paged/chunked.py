@@ -1,7 +1,7 @@
 """Paged decode attention, pure torch: the CPU path of ``VT_BACKEND=torch`` and the benchmark baseline.
 
-``paged_decode_attention_chunked`` gathers each sequence's cache through its block table and runs one masked
-SDPA over the batch; ``write_kv_cache_chunked`` writes with two index copies. ``*_reference`` are the same
+``paged_decode_attention_torch`` gathers each sequence's cache through its block table and runs one masked
+SDPA over the batch; ``write_kv_cache_torch`` writes with two index copies. ``*_reference`` are the same
 functions under their former public names (``vt_core.kernels.__all__``).
 """
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 
-def paged_decode_attention_chunked(q, k_cache, v_cache, block_table, context_lens, softmax_scale=None):
+def paged_decode_attention_torch(q, k_cache, v_cache, block_table, context_lens, softmax_scale=None):
     """Torch path: gather each sequence's cache through the block table, then masked SDPA (batched).
 
     Sequences with context length 0 get a zero output.
@@ -29,7 +29,7 @@ def paged_decode_attention_chunked(q, k_cache, v_cache, block_table, context_len
     return o.reshape(B, H, D)
 
 
-def write_kv_cache_chunked(k, v, k_cache, v_cache, slot_mapping):
+def write_kv_cache_torch(k, v, k_cache, v_cache, slot_mapping):
     """Torch path of ``write_kv_cache`` (in place; slots < 0 are skipped)."""
     HKV, D = k_cache.shape[2], k_cache.shape[3]
     keep = slot_mapping >= 0
@@ -38,7 +38,7 @@ def write_kv_cache_chunked(k, v, k_cache, v_cache, slot_mapping):
     v_cache.view(-1, HKV, D).index_copy_(0, slots, v[keep].to(v_cache.dtype))
 
 
-paged_decode_attention_reference = paged_decode_attention_chunked
-"""Former name of :func:`paged_decode_attention_chunked`, kept in ``vt_core.kernels.__all__``."""
-write_kv_cache_reference = write_kv_cache_chunked
-"""Former name of :func:`write_kv_cache_chunked`, kept in ``vt_core.kernels.__all__``."""
+paged_decode_attention_reference = paged_decode_attention_torch
+"""Former name of :func:`paged_decode_attention_torch`, kept in ``vt_core.kernels.__all__``."""
+write_kv_cache_reference = write_kv_cache_torch
+"""Former name of :func:`write_kv_cache_torch`, kept in ``vt_core.kernels.__all__``."""
