@@ -323,7 +323,7 @@ def main():
             fns = (rl_contenders if op == "rl" else ce_contenders)(x, device, compiled, liger=missing is None)
             if device == "cuda" and op == "rl":
                 grad_logits = torch.randn(T, x.V, device=device, dtype=x.hidden.dtype)
-                fns["gemm"] = lambda: (x.hidden @ x.weight.t(), grad_logits)
+                fns["gemm"] = lambda x=x: (x.hidden @ x.weight.t(), grad_logits)
             fns = {name: fn for name, fn in fns.items()
                    if (not args.contenders or name in args.contenders) and _fits(name, x, device, notes)}
             results.notes = " ".join(notes)

@@ -4,7 +4,8 @@
     torchrun --nproc_per_node=2 recipes/rl_code.py       # the same on two processes (gloo on CPU)
     torchrun --nproc_per_node=8 recipes/rl_code.py --model.path /path/Qwen2.5-Coder-3B --data.path problems.jsonl \
         --data.heldout_path heldout.jsonl --gen.max_new_tokens 16384 --optim.lr 1e-6 --run.max_steps 500
-    # multi-node: torchrun --nnodes 4 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 recipes/rl_code.py ...
+    torchrun --nnodes 4 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        recipes/rl_code.py ...                           # multi-node
 
 With no --model.path, the embedded default runs: it starts from the SFT warm start shipped in
 vt_core/assets/warmstart_code (made by this recipe's own SFT settings, the --warmstart section; with other

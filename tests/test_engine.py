@@ -89,7 +89,8 @@ def test_stop_ids_stop_strings_and_max_new_tokens(pair):
     free = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=12))[0][0].token_ids
     stop_tok = free[5]
     first = free.index(stop_tok)
-    c = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=12, stop_token_ids=(stop_tok,)))[0][0]
+    params = SamplingParams(temperature=0.0, max_new_tokens=12, stop_token_ids=(stop_tok,))
+    c = engine.generate([PROMPTS[0]], params)[0][0]
     assert c.token_ids == free[: first + 1] and c.finish_reason == "stop"
     text = _CharTokenizer().decode(free)
     stop = text[6:8]
@@ -144,7 +145,8 @@ def test_row_routed_sampler_equals_the_reference_bitwise():
     got = sample_rows(logits, params, seeds, offsets)
     want = sample(logits, temperature=torch.tensor([p.temperature for p in params]),
                   top_k=torch.tensor([p.top_k for p in params]), top_p=torch.tensor([p.top_p for p in params]),
-                  min_p=torch.tensor([p.min_p for p in params]), seeds=torch.tensor(seeds), offsets=torch.tensor(offsets))
+                  min_p=torch.tensor([p.min_p for p in params]), seeds=torch.tensor(seeds),
+                  offsets=torch.tensor(offsets))
     for g, w in zip(got, want):
         assert torch.equal(g, w)
     plain = [0, 2, 5, 6]  # a batch of only untruncated rows takes the sort-free path for the whole batch

@@ -1,4 +1,5 @@
-"""Exact on-policy logprobs: the engine's recorded raw logprobs equal the trainer's recomputation bitwise (fp32, CPU)."""
+"""Exact on-policy logprobs: the engine's recorded raw logprobs equal the trainer's recomputation bitwise
+(fp32, CPU)."""
 
 import pytest
 import torch

@@ -36,5 +36,5 @@ def test_install_script_parses_and_constraints_pin_the_tested_set():
             assert version, f".ci/constraints.txt: {line!r} is not an exact pin"
             pins[name.lower().replace("_", "-")] = version
     assert "torch" not in pins  # install.sh chooses torch (CPU wheel or the machine's own CUDA build)
-    for name in ("triton", "numpy", "transformers", "kernels", "trl", "liger-kernel", "pytest"):
+    for name in ("triton", "numpy", "transformers", "kernels", "trl", "liger-kernel", "pytest", "ruff"):
         assert name in pins, f".ci/constraints.txt does not pin {name}"

@@ -93,7 +93,8 @@ def test_rl_step_with_most_rewards_infra_stops_and_a_group_with_one_is_dropped(t
         adv, keep, stats = trainer.shaped_advantages(roll)
         assert stats["infra_error_frac"] == 0.25 and keep.tolist() == [True, True, False, False]
         roll.infra = [[cause, None], [cause, cause]]
-        with pytest.raises(InfrastructureFailure, match="RL step 0: 3 of 4 rewards.*unshare.*\nits stderr: stderr tail"):
+        expected = "RL step 0: 3 of 4 rewards.*unshare.*\nits stderr: stderr tail"
+        with pytest.raises(InfrastructureFailure, match=expected):
             trainer.shaped_advantages(roll)
     finally:
         trainer.scorer.shutdown()

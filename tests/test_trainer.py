@@ -253,8 +253,8 @@ def test_bad_inputs_are_named(tmp_path):
     small = tmp_path / "small"
     vt_model.from_config(cfg, seed=0).save(small)
     with pytest.raises(ValueError, match="vocab mismatch"):
-        SFTTrainer(apply_overrides(SFTConfig(), _sft_args(bad, tmp_path / "o", extra=("--model.path", str(small),
-                                                                          "--model.tokenizer", str(tiny_tokenizer_path())))))
+        extra = ("--model.path", str(small), "--model.tokenizer", str(tiny_tokenizer_path()))
+        SFTTrainer(apply_overrides(SFTConfig(), _sft_args(bad, tmp_path / "o", extra=extra)))
 
 
 def test_sft_teacher_accuracy_reaches_the_embedded_examples_only(tmp_path, monkeypatch):
