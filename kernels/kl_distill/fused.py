@@ -29,9 +29,9 @@ INTERPRET_LAUNCH = dict(BT=32, BV=128, BD=64, num_warps=4, num_stages=1)
 
 
 @triton.jit
-def _logits_tile(p_h, p_w, o_t, o_v, m_t, m_v, D, BT: tl.constexpr, BV: tl.constexpr,
+def _logits_tile(p_h, p_w, o_t, o_v, m_t, m_v, D, inv_temp, BT: tl.constexpr, BV: tl.constexpr,
                  BD: tl.constexpr, IEEE: tl.constexpr):
-    """fp32 [BT, BV] tile of h[o_t] @ w[o_v].T (h [T, D], w [V, D], both row-major)."""
+    """fp32 [BT, BV] tile of h[o_t] @ w[o_v].T * inv_temp (h [T, D], w [V, D], both row-major)."""
     b_z = tl.zeros([BT, BV], dtype=tl.float32)
     for i_d in range(0, tl.cdiv(D, BD)):
         o_d = i_d * BD + tl.arange(0, BD).to(tl.int64)
@@ -42,7 +42,21 @@ def _logits_tile(p_h, p_w, o_t, o_v, m_t, m_v, D, BT: tl.constexpr, BV: tl.const
             b_z += tl.dot(b_h, tl.trans(b_w), input_precision="ieee")
         else:
             b_z += tl.dot(b_h, tl.trans(b_w))
-    return b_z
+    return b_z * inv_temp
+
+
+@triton.jit
+def _range_tile(start, end, BLOCK: tl.constexpr):
+    """int64 positions start + [0, BLOCK) and their mask (< end)."""
+    o_x = start + tl.arange(0, BLOCK).to(tl.int64)
+    return o_x, o_x < end
+
+
+@triton.jit
+def _vocab_split(i_s, V_PER_SPLIT, V):
+    """Vocab range [v_start, v_end) of split i_s (int64)."""
+    v_start = i_s.to(tl.int64) * V_PER_SPLIT
+    return v_start, tl.minimum(v_start + V_PER_SPLIT, V)
 
 
 @triton.jit
@@ -52,20 +66,17 @@ def kl_distill_fwd_kernel(p_hs, p_ws, p_ht, p_wt, p_stats, T, V, DS, DT, V_PER_S
     """Partial (max_s, sum_s, max_t, sum_t, acc) over one vocab split for one token tile -> stats[5, NSPLIT, T]."""
     i_t = tl.program_id(0)
     i_s = tl.program_id(1)
-    o_t = i_t.to(tl.int64) * BT + tl.arange(0, BT).to(tl.int64)
-    m_t = o_t < T
+    o_t, m_t = _range_tile(i_t.to(tl.int64) * BT, T, BT)
     b_ms = tl.full([BT], _NEG, dtype=tl.float32)
     b_mt = tl.full([BT], _NEG, dtype=tl.float32)
     b_ls = tl.zeros([BT], dtype=tl.float32)
     b_lt = tl.zeros([BT], dtype=tl.float32)
     b_acc = tl.zeros([BT], dtype=tl.float32)
-    v_start = i_s.to(tl.int64) * V_PER_SPLIT
-    v_end = tl.minimum(v_start + V_PER_SPLIT, V)
+    v_start, v_end = _vocab_split(i_s, V_PER_SPLIT, V)
     for v0 in range(v_start, v_end, BV):
-        o_v = v0 + tl.arange(0, BV).to(tl.int64)
-        m_v = o_v < v_end
-        b_s = _logits_tile(p_hs, p_ws, o_t, o_v, m_t, m_v, DS, BT, BV, BD, IEEE) * inv_temp
-        b_t = _logits_tile(p_ht, p_wt, o_t, o_v, m_t, m_v, DT, BT, BV, BD, IEEE) * inv_temp
+        o_v, m_v = _range_tile(v0, v_end, BV)
+        b_s = _logits_tile(p_hs, p_ws, o_t, o_v, m_t, m_v, DS, inv_temp, BT, BV, BD, IEEE)
+        b_t = _logits_tile(p_ht, p_wt, o_t, o_v, m_t, m_v, DT, inv_temp, BT, BV, BD, IEEE)
         b_s = tl.where(m_v[None, :], b_s, _NEG)
         b_t = tl.where(m_v[None, :], b_t, _NEG)
         b_ms_new = tl.maximum(b_ms, tl.max(b_s, 1))
@@ -106,19 +117,16 @@ def kl_distill_jsd_fwd_kernel(p_hs, p_ws, p_ht, p_wt, p_lse_s, p_lse_t, p_parts,
     """Partial sum_v p (log p - log m) and sum_v q (log q - log m) over one vocab split -> parts[2, NSPLIT, T]."""
     i_t = tl.program_id(0)
     i_s = tl.program_id(1)
-    o_t = i_t.to(tl.int64) * BT + tl.arange(0, BT).to(tl.int64)
-    m_t = o_t < T
+    o_t, m_t = _range_tile(i_t.to(tl.int64) * BT, T, BT)
     b_lse_s = tl.load(p_lse_s + o_t, mask=m_t, other=0.0)
     b_lse_t = tl.load(p_lse_t + o_t, mask=m_t, other=0.0)
     b_kp = tl.zeros([BT], dtype=tl.float32)
     b_kq = tl.zeros([BT], dtype=tl.float32)
-    v_start = i_s.to(tl.int64) * V_PER_SPLIT
-    v_end = tl.minimum(v_start + V_PER_SPLIT, V)
+    v_start, v_end = _vocab_split(i_s, V_PER_SPLIT, V)
     for v0 in range(v_start, v_end, BV):
-        o_v = v0 + tl.arange(0, BV).to(tl.int64)
-        m_v = o_v < v_end
-        b_s = _logits_tile(p_hs, p_ws, o_t, o_v, m_t, m_v, DS, BT, BV, BD, IEEE) * inv_temp
-        b_t = _logits_tile(p_ht, p_wt, o_t, o_v, m_t, m_v, DT, BT, BV, BD, IEEE) * inv_temp
+        o_v, m_v = _range_tile(v0, v_end, BV)
+        b_s = _logits_tile(p_hs, p_ws, o_t, o_v, m_t, m_v, DS, inv_temp, BT, BV, BD, IEEE)
+        b_t = _logits_tile(p_ht, p_wt, o_t, o_v, m_t, m_v, DT, inv_temp, BT, BV, BD, IEEE)
         b_lq = b_s - b_lse_s[:, None]
         b_lp = b_t - b_lse_t[:, None]
         b_lm = _log_mixture(b_lp, b_lq, beta)
@@ -136,12 +144,10 @@ def kl_distill_bwd_kernel(p_hs, p_ws, p_ht, p_wt, p_lse_s, p_lse_t, p_aux, p_sca
     """G[T, V] = dL/ds * scale (scale = upstream grad / tau), recomputing the logits tiles."""
     i_t = tl.program_id(0)
     i_v = tl.program_id(1)
-    o_t = i_t.to(tl.int64) * BT + tl.arange(0, BT).to(tl.int64)
-    o_v = i_v.to(tl.int64) * BV + tl.arange(0, BV).to(tl.int64)
-    m_t = o_t < T
-    m_v = o_v < V
-    b_s = _logits_tile(p_hs, p_ws, o_t, o_v, m_t, m_v, DS, BT, BV, BD, IEEE) * inv_temp
-    b_t = _logits_tile(p_ht, p_wt, o_t, o_v, m_t, m_v, DT, BT, BV, BD, IEEE) * inv_temp
+    o_t, m_t = _range_tile(i_t.to(tl.int64) * BT, T, BT)
+    o_v, m_v = _range_tile(i_v.to(tl.int64) * BV, V, BV)
+    b_s = _logits_tile(p_hs, p_ws, o_t, o_v, m_t, m_v, DS, inv_temp, BT, BV, BD, IEEE)
+    b_t = _logits_tile(p_ht, p_wt, o_t, o_v, m_t, m_v, DT, inv_temp, BT, BV, BD, IEEE)
     b_lq = b_s - tl.load(p_lse_s + o_t, mask=m_t, other=0.0)[:, None]
     b_lp = b_t - tl.load(p_lse_t + o_t, mask=m_t, other=0.0)[:, None]
     b_aux = tl.load(p_aux + o_t, mask=m_t, other=0.0)

@@ -49,49 +49,126 @@ def _key_range(m0, L, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, WINDOW, BL
 
 
 @triton.jit
+def _doc_block(cu_seqlens, i_b, i_blk, BLOCK: tl.constexpr):
+    """Start bos (int64) and length L of document i_b, and m0, the first position of its block i_blk."""
+    bos = tl.load(cu_seqlens + i_b).to(tl.int64)
+    L = (tl.load(cu_seqlens + i_b + 1).to(tl.int64) - bos).to(tl.int32)
+    return bos, L, i_blk * BLOCK
+
+
+@triton.jit
+def _q_block_program(cu_seqlens, BLOCK_M: tl.constexpr):
+    """(i_h, bos, L, m0) of a forward / dq program; the last query blocks see the most keys: scheduled first."""
+    i_m, i_b, i_h = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos, L, m0 = _doc_block(cu_seqlens, i_b, i_m, BLOCK_M)
+    return i_h, bos, L, m0
+
+
+@triton.jit
+def row_offsets(o_row, i_head, HEADS: tl.constexpr, D: tl.constexpr, o_d):
+    """int64 offsets [rows, BLOCK_D] of head i_head at rows o_row of a contiguous [rows, HEADS, D] tensor."""
+    return (o_row * HEADS + i_head).to(tl.int64)[:, None] * D + o_d[None, :]
+
+
+@triton.jit
+def _tokens(bos, t0, L, i_head, HEADS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
+            BLOCK_D: tl.constexpr):
+    """Positions o_t = t0 + [0, BLOCK) of the document at bos (length L) at head i_head of a [T, HEADS, D]
+    tensor: o_t, m_t (o_t < L), the int64 offsets o_x [BLOCK, BLOCK_D] and their mask m_x."""
+    o_t = t0 + tl.arange(0, BLOCK)
+    o_d = tl.arange(0, BLOCK_D)
+    m_t = o_t < L
+    o_x = row_offsets(bos + o_t, i_head, HEADS, D, o_d)
+    return o_t, m_t, o_x, m_t[:, None] & (o_d < D)[None, :]
+
+
+@triton.jit
+def load_kv(k, v, o_kv, m_kv):
+    """Key and value tiles at offsets o_kv, zero where m_kv is off."""
+    return tl.load(k + o_kv, mask=m_kv, other=0.0), tl.load(v + o_kv, mask=m_kv, other=0.0)
+
+
+@triton.jit
+def _q_tokens(bos, m0, L, i_h, H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_D: tl.constexpr):
+    """Query block of a forward / dq program: its kv head i_hk, then _tokens' (o_m, m_m, o_q, m_q)."""
+    o_m, m_m, o_q, m_q = _tokens(bos, m0, L, i_h, H, D, BLOCK_M, BLOCK_D)
+    return i_h // (H // HKV), o_m, m_m, o_q, m_q
+
+
+@triton.jit
+def _kv_tile(k, v, bos, n0, L, i_hk, HKV: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_D: tl.constexpr):
+    """Keys n0 + [0, BLOCK_N) of kv head i_hk: positions o_n, offsets o_kv and mask m_kv, tiles b_k and b_v."""
+    o_n, m_n, o_kv, m_kv = _tokens(bos, n0, L, i_hk, HKV, D, BLOCK_N, BLOCK_D)
+    b_k, b_v = load_kv(k, v, o_kv, m_kv)
+    return o_n, o_kv, m_kv, b_k, b_v
+
+
+@triton.jit
+def softmax_step(b_s, b_v, b_m, b_l, b_acc, PRECISION: tl.constexpr):
+    """One online-softmax step (base 2) over scores b_s [M, N] and values b_v [N, D]: new (b_m, b_l, b_acc)."""
+    b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+    b_alpha = tl.exp2(b_m - b_m_new)
+    b_p = tl.exp2(b_s - b_m_new[:, None])
+    b_l = b_l * b_alpha + tl.sum(b_p, 1)
+    b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
+    return b_m_new, b_l, b_acc
+
+
+@triton.jit
+def _load_q_rows(q, do, lse, delta, o_q, m_q, o_m, m_m, i_h, bos, T):
+    """The backward's query-side tiles of head i_h: q, do [BLOCK_M, BLOCK_D], lse and delta [BLOCK_M]."""
+    o_s = i_h.to(tl.int64) * T + bos + o_m
+    b_q = tl.load(q + o_q, mask=m_q, other=0.0)
+    b_do = tl.load(do + o_q, mask=m_q, other=0.0)
+    b_lse = tl.load(lse + o_s, mask=m_m, other=0.0)
+    b_delta = tl.load(delta + o_s, mask=m_m, other=0.0)
+    return b_q, b_do, b_lse, b_delta
+
+
+@triton.jit
+def _bwd_probs(b_q, b_k, b_lse, o_m, o_n, L, qk_scale, WINDOW, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+               PRECISION: tl.constexpr):
+    """Softmax probabilities b_p [BLOCK_M, BLOCK_N] of one tile, recomputed from the saved lse; 0 where masked."""
+    b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
+    b_p = tl.exp2(b_s - b_lse[:, None])
+    return tl.where(_tile_mask(o_m, o_n, L, CAUSAL, HAS_WINDOW, WINDOW), b_p, 0.0)
+
+
+@triton.jit
+def _bwd_dscores(b_p, b_do, b_v, b_delta, PRECISION: tl.constexpr):
+    """Score gradients b_ds = p * (do v^T - delta) of one tile (before sm_scale)."""
+    b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+    return b_p * (b_dp - b_delta[:, None])
+
+
+@triton.jit
 def packed_attn_fwd_kernel(
     q, k, v, o, lse, cu_seqlens, qk_scale, T, WINDOW,
     H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    # last query blocks see the most keys: schedule them first
-    i_m, i_b, i_h = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos = tl.load(cu_seqlens + i_b).to(tl.int64)
-    L = (tl.load(cu_seqlens + i_b + 1).to(tl.int64) - bos).to(tl.int32)
-    m0 = i_m * BLOCK_M
+    """o [T, H, d] and lse [H, T] (base 2) of one query block of one document and q head."""
+    i_h, bos, L, m0 = _q_block_program(cu_seqlens, BLOCK_M)
     if m0 >= L:
         return
-    i_hk = i_h // (H // HKV)
-    o_m = m0 + tl.arange(0, BLOCK_M)
-    o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < D
-    m_m = o_m < L
-    p_q = q + ((bos + o_m) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
-    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    i_hk, o_m, m_m, o_q, m_q = _q_tokens(bos, m0, L, i_h, H, HKV, D, BLOCK_M, BLOCK_D)
+    b_q = tl.load(q + o_q, mask=m_q, other=0.0)
 
     b_m = tl.full([BLOCK_M], _NEG, dtype=tl.float32)
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
     b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, hi = _key_range(m0, L, CAUSAL, HAS_WINDOW, WINDOW, BLOCK_M, BLOCK_N)
     for n0 in range(lo, hi, BLOCK_N):
-        o_n = n0 + tl.arange(0, BLOCK_N)
-        m_n = o_n < L
-        o_kv = ((bos + o_n) * HKV + i_hk).to(tl.int64)[:, None] * D + o_d[None, :]
-        b_k = tl.load(k + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
-        b_v = tl.load(v + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
+        o_n, o_kv, m_kv, b_k, b_v = _kv_tile(k, v, bos, n0, L, i_hk, HKV, D, BLOCK_N, BLOCK_D)
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
         b_s = tl.where(_tile_mask(o_m, o_n, L, CAUSAL, HAS_WINDOW, WINDOW), b_s, float("-inf"))
-        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-        b_alpha = tl.exp2(b_m - b_m_new)
-        b_p = tl.exp2(b_s - b_m_new[:, None])
-        b_l = b_l * b_alpha + tl.sum(b_p, 1)
-        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
-        b_m = b_m_new
+        b_m, b_l, b_acc = softmax_step(b_s, b_v, b_m, b_l, b_acc, PRECISION)
     b_l = tl.where(b_l > 0, b_l, 1.0)
     b_o = b_acc / b_l[:, None]
-    tl.store(o + ((bos + o_m) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :], b_o.to(o.dtype.element_ty),
-             mask=m_m[:, None] & m_d[None, :])
+    tl.store(o + o_q, b_o.to(o.dtype.element_ty), mask=m_q)
     tl.store(lse + i_h.to(tl.int64) * T + bos + o_m, b_m + tl.log2(b_l), mask=m_m)
 
 
@@ -116,38 +193,20 @@ def packed_attn_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    # last query blocks see the most keys: schedule them first
-    i_m, i_b, i_h = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos = tl.load(cu_seqlens + i_b).to(tl.int64)
-    L = (tl.load(cu_seqlens + i_b + 1).to(tl.int64) - bos).to(tl.int32)
-    m0 = i_m * BLOCK_M
+    """dq [T, H, d] of one query block of one document and q head, over the keys it sees."""
+    i_h, bos, L, m0 = _q_block_program(cu_seqlens, BLOCK_M)
     if m0 >= L:
         return
-    i_hk = i_h // (H // HKV)
-    o_m = m0 + tl.arange(0, BLOCK_M)
-    o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < D
-    m_m = o_m < L
-    o_q = ((bos + o_m) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
-    b_q = tl.load(q + o_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
-    b_do = tl.load(do + o_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
-    b_lse = tl.load(lse + i_h.to(tl.int64) * T + bos + o_m, mask=m_m, other=0.0)
-    b_delta = tl.load(delta + i_h.to(tl.int64) * T + bos + o_m, mask=m_m, other=0.0)
+    i_hk, o_m, m_m, o_q, m_q = _q_tokens(bos, m0, L, i_h, H, HKV, D, BLOCK_M, BLOCK_D)
+    b_q, b_do, b_lse, b_delta = _load_q_rows(q, do, lse, delta, o_q, m_q, o_m, m_m, i_h, bos, T)
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, hi = _key_range(m0, L, CAUSAL, HAS_WINDOW, WINDOW, BLOCK_M, BLOCK_N)
     for n0 in range(lo, hi, BLOCK_N):
-        o_n = n0 + tl.arange(0, BLOCK_N)
-        m_n = o_n < L
-        o_kv = ((bos + o_n) * HKV + i_hk).to(tl.int64)[:, None] * D + o_d[None, :]
-        b_k = tl.load(k + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
-        b_v = tl.load(v + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
-        b_p = tl.exp2(b_s - b_lse[:, None])
-        b_p = tl.where(_tile_mask(o_m, o_n, L, CAUSAL, HAS_WINDOW, WINDOW), b_p, 0.0)
-        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-        b_ds = b_p * (b_dp - b_delta[:, None])
+        o_n, o_kv, m_kv, b_k, b_v = _kv_tile(k, v, bos, n0, L, i_hk, HKV, D, BLOCK_N, BLOCK_D)
+        b_p = _bwd_probs(b_q, b_k, b_lse, o_m, o_n, L, qk_scale, WINDOW, CAUSAL, HAS_WINDOW, PRECISION)
+        b_ds = _bwd_dscores(b_p, b_do, b_v, b_delta, PRECISION)
         b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PRECISION)
-    tl.store(dq + o_q, (b_dq * sm_scale).to(dq.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+    tl.store(dq + o_q, (b_dq * sm_scale).to(dq.dtype.element_ty), mask=m_q)
 
 
 @triton.jit
@@ -157,20 +216,13 @@ def packed_attn_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    """dk, dv [T, Hkv, d] of one key block of one document and kv head, summed over its q heads."""
     i_n, i_b, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos = tl.load(cu_seqlens + i_b).to(tl.int64)
-    L = (tl.load(cu_seqlens + i_b + 1).to(tl.int64) - bos).to(tl.int32)
-    n0 = i_n * BLOCK_N
+    bos, L, n0 = _doc_block(cu_seqlens, i_b, i_n, BLOCK_N)
     if n0 >= L:
         return
     G: tl.constexpr = H // HKV
-    o_n = n0 + tl.arange(0, BLOCK_N)
-    o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < D
-    m_n = o_n < L
-    o_kv = ((bos + o_n) * HKV + i_hk).to(tl.int64)[:, None] * D + o_d[None, :]
-    b_k = tl.load(k + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
-    b_v = tl.load(v + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
+    o_n, o_kv, m_kv, b_k, b_v = _kv_tile(k, v, bos, n0, L, i_hk, HKV, D, BLOCK_N, BLOCK_D)
     b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     lo = 0
@@ -184,22 +236,14 @@ def packed_attn_bwd_dkdv_kernel(
     for i_g in range(G):
         i_h = i_hk * G + i_g
         for m0 in range(lo, hi, BLOCK_M):
-            o_m = m0 + tl.arange(0, BLOCK_M)
-            m_m = o_m < L
-            o_q = ((bos + o_m) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
-            b_q = tl.load(q + o_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
-            b_do = tl.load(do + o_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
-            b_lse = tl.load(lse + i_h.to(tl.int64) * T + bos + o_m, mask=m_m, other=0.0)
-            b_delta = tl.load(delta + i_h.to(tl.int64) * T + bos + o_m, mask=m_m, other=0.0)
-            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
-            b_p = tl.exp2(b_s - b_lse[:, None])
-            b_p = tl.where(_tile_mask(o_m, o_n, L, CAUSAL, HAS_WINDOW, WINDOW), b_p, 0.0)
+            o_m, m_m, o_q, m_q = _tokens(bos, m0, L, i_h, H, D, BLOCK_M, BLOCK_D)
+            b_q, b_do, b_lse, b_delta = _load_q_rows(q, do, lse, delta, o_q, m_q, o_m, m_m, i_h, bos, T)
+            b_p = _bwd_probs(b_q, b_k, b_lse, o_m, o_n, L, qk_scale, WINDOW, CAUSAL, HAS_WINDOW, PRECISION)
             b_dv += tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision=PRECISION)
-            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-            b_ds = b_p * (b_dp - b_delta[:, None])
+            b_ds = _bwd_dscores(b_p, b_do, b_v, b_delta, PRECISION)
             b_dk += tl.dot(tl.trans(b_ds.to(b_q.dtype)), b_q, input_precision=PRECISION)
-    tl.store(dk + o_kv, (b_dk * sm_scale).to(dk.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
-    tl.store(dv + o_kv, b_dv.to(dv.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
+    tl.store(dk + o_kv, (b_dk * sm_scale).to(dk.dtype.element_ty), mask=m_kv)
+    tl.store(dv + o_kv, b_dv.to(dv.dtype.element_ty), mask=m_kv)
 
 
 # CUDA launch configs per BLOCK_D (the head dim d rounded up to a power of two >= 16; d <= 256), forward and

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..packed.fused import block_d
+from ..packed.fused import block_d, load_kv, row_offsets, softmax_step
 
 _LOG2E = 1.4426950408889634
 _NEG = tl.constexpr(-1.0e30)  # a plain float global is a NameError inside @triton.jit on real Triton
@@ -50,17 +50,10 @@ def paged_decode_split_kernel(
         m_n = o_n < end
         b_blk = tl.load(block_table + i_b.to(tl.int64) * stride_bt + o_n // PAGE, mask=m_n, other=0).to(tl.int64)
         o_slot = b_blk * PAGE + o_n % PAGE
-        o_kv = (o_slot * HKV + i_hk)[:, None] * D + o_d[None, :]
-        b_k = tl.load(k_cache + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
-        b_v = tl.load(v_cache + o_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_k, b_v = load_kv(k_cache, v_cache, row_offsets(o_slot, i_hk, HKV, D, o_d), m_n[:, None] & m_d[None, :])
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
         b_s = tl.where(m_n[None, :], b_s, float("-inf"))
-        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-        b_alpha = tl.exp2(b_m - b_m_new)
-        b_p = tl.exp2(b_s - b_m_new[:, None])
-        b_l = b_l * b_alpha + tl.sum(b_p, 1)
-        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
-        b_m = b_m_new
+        b_m, b_l, b_acc = softmax_step(b_s, b_v, b_m, b_l, b_acc, PRECISION)
     o_part = o_h * NUM_SPLITS + i_s
     tl.store(part_o + o_part[:, None] * D + o_d[None, :], b_acc, mask=m_g[:, None] & m_d[None, :])
     tl.store(part_m + o_part, b_m, mask=m_g)
