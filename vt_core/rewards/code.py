@@ -34,7 +34,6 @@ from vt_core.rewards.code_formats import (
 )
 from vt_core.rewards.registry import register_verifier
 from vt_core.sandbox import Limits, run_python
-from vt_core.sandbox.isolation import SETUP_FAILED
 
 _HARNESS = (Path(__file__).with_name("code_harness.py")).read_text()
 # Seconds granted on top of the per-test limits for interpreter start-up and the harness itself.
@@ -208,7 +207,7 @@ class _Launch:
 
     def _infra_cause(self, res) -> str:
         """Why the launch failed as infrastructure ("" when an unjudged program ended it)."""
-        if res.isolated and res.returncode == SETUP_FAILED and res.stderr.startswith("vt-sandbox-launcher:"):
+        if res.details.get("setup_failed"):
             return f"sandbox setup failed: {res.stderr.splitlines()[0]}"
         if self.harness_error:
             return self.harness_error

@@ -317,13 +317,16 @@ def _execute(launcher: str | None, code: str, stdin: bytes, limits: Limits, file
         if reader.stop_reason is not None:
             returncode = None
         stderr = bytes(reader.buffers["stderr"])
-        if launcher is not None and returncode == SETUP_FAILED and stderr.startswith(b"vt-sandbox-launcher:"):
+        setup_failed = (launcher is not None and returncode == SETUP_FAILED
+                        and stderr.startswith(b"vt-sandbox-launcher:"))
+        if setup_failed:
             log.warning("sandbox setup failed: %s", stderr[:500].decode("utf-8", "replace"))
         status = _status(returncode, reader.stop_reason, stderr)
         return ExecResult(status=status, returncode=returncode, wall_s=wall,
                           stdout=reader.buffers["stdout"].decode("utf-8", "replace"),
                           stderr=stderr.decode("utf-8", "replace"), result=bytes(reader.buffers["result"]),
-                          isolated=launcher is not None, details={"stopped": reader.stop_reason == "stopped"})
+                          isolated=launcher is not None, details={"stopped": reader.stop_reason == "stopped",
+                                                                 "setup_failed": setup_failed})
     finally:
         for fd in child_fds + ([result_r] if result_r is not None else []):
             os.close(fd)
@@ -351,6 +354,7 @@ def run_python(
     working dir (/tmp/work). result_pipe: give the program a pipe on fd 3 whose bytes come back as
     ``.result``; ``on_result_line(line) -> bool`` sees each complete line as it arrives and may return
     False to stop the run early (status then reflects the exit so far; details["stopped"] is True).
+    details["setup_failed"] is True when the launcher could not set the sandbox up (its message is in stderr).
     limits: a full Limits; time_limit_s / memory_mb override its fields. unsafe_no_isolation: run without
     OS isolation when none is available (never for untrusted code); otherwise SandboxUnavailable is raised.
     """
