@@ -13,11 +13,11 @@
 # Version policy: .ci/constraints.txt pins every distribution the tests ran with, except torch. CI installs
 # exactly those, so a red CI is our change, not a release of someone else's. CI prints the drift (newer
 # releases) each run, and each closing note reports one full run with VT_DEPS=newest.
-# torch: an installed torch >= 2.11 is kept (the GPU machine brings its own CUDA build). Without one, on a
-# machine with no NVIDIA driver, torch==$VT_TORCH (2.13.0; the CPU wheel on this project's machines) is
-# installed first, so that nothing else pulls a multi-GB CUDA build; VT_TORCH_INDEX, if set, is passed to
-# pip as --index-url for that one install (a CPU wheel index elsewhere). A CUDA build on a machine without
-# a GPU is reported.
+# torch: an installed torch >= 2.11 is kept (the GPU machine brings its own CUDA build). Without one,
+# torch==$VT_TORCH (2.13.0; the CPU wheel on this project's CPU machines) is installed first, so that nothing
+# else pulls a multi-GB CUDA build onto a CPU machine; VT_TORCH_INDEX, if set, is passed to pip as
+# --index-url for that one install (a CPU wheel index elsewhere). A CUDA build on a machine without an
+# NVIDIA driver is reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=(python)
@@ -93,11 +93,7 @@ fi
 "${PIP[@]}" install --upgrade pip
 have_torch=$("${PY[@]}" -c 'import torch; v = torch.__version__.split("+")[0]; print(v if tuple(map(int, v.split(".")[:2])) >= (2, 11) else "")' 2>/dev/null || true)
 if [ -z "$have_torch" ]; then
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    "${PIP[@]}" install "torch==$TORCH"
-  else
-    "${PIP[@]}" install ${VT_TORCH_INDEX:+--index-url "$VT_TORCH_INDEX"} "torch==$TORCH"
-  fi
+  "${PIP[@]}" install ${VT_TORCH_INDEX:+--index-url "$VT_TORCH_INDEX"} "torch==$TORCH"
   have_torch=$TORCH
 fi
 
